@@ -1,0 +1,217 @@
+// Routed transport (SPEC: routed_transport), CPU: forward draws and transports in one pass per row;
+// backward scatters dz into the posterior columns each z depends on. Also the replay op draw_noise,
+// which returns the draws a given rng_state produces (for the reference and the tests).
+#include <torch/library.h>
+
+#include "../categorical_table.h"
+#include "../checks.h"
+#include "noise_cpu.h"
+
+namespace xvae {
+namespace {
+
+template <typename scalar_t, typename comp_t>
+void routed_transport_kernel(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& M_t,
+                             const at::Tensor& S_t, const CategoricalTensors& tab_p,
+                             const CategoricalTensors* tab_q, const at::Tensor& plan,
+                             uint64_t seed, uint64_t offset, at::Tensor& z, at::Tensor& comp) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = mu.size(0), K = mu.size(1), P = comp.size(1);
+  const acc_t* M = M_t.data_ptr<acc_t>();
+  const acc_t* S = S_t.data_ptr<acc_t>();
+  std::vector<acc_t> m_diag(K), inv_s_diag(K);
+  for (int64_t k = 0; k < K; ++k) {
+    m_diag[k] = M[k * K + k];
+    inv_s_diag[k] = acc_t(1) / S[k * K + k];
+  }
+  const int32_t* codes = plan.data_ptr<int32_t>();
+  const CategoricalTable tp = tab_p.view();
+  const CategoricalTable tq = tab_q ? tab_q->view() : tp;
+  bool any_row_tie = false;
+  for (int64_t k = 0; k < K; ++k) any_row_tie |= plan_tie_row(codes[k]);
+  const scalar_t* mup = mu.data_ptr<scalar_t>();
+  const scalar_t* lvp = logvar.data_ptr<scalar_t>();
+  scalar_t* zp = z.data_ptr<scalar_t>();
+  comp_t* cp = P > 0 ? comp.data_ptr<comp_t>() : nullptr;
+  const uint64_t off_blocks = offset / 4;
+
+  at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(K, 1)),
+                   [&](int64_t i0, int64_t i1) {
+    std::vector<acc_t> eta(K);
+    std::vector<uint32_t> word(K);
+    for (int64_t i = i0; i < i1; ++i) {
+      draw_span<acc_t>(seed, offset, i * K, (i + 1) * K, eta.data(), word.data());
+      const double u_row =
+          any_row_tie ? uniform_open(philox_row_word(seed, off_blocks, static_cast<uint64_t>(i))) : 0.0;
+      const scalar_t* mrow = mup + i * K;
+      const scalar_t* vrow = lvp + i * K;
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t code = codes[k];
+        int32_t c;
+        const acc_t v = routed_value<acc_t>(code, static_cast<int32_t>(k), static_cast<int32_t>(K),
+                                            mrow, vrow, M, S, m_diag.data(), inv_s_diag.data(), tp,
+                                            tq, eta[k], uniform_open(word[k]), u_row, &c);
+        zp[i * K + k] = static_cast<scalar_t>(v);
+        if (plan_source(code) == kSourcePosterior) cp[i * P + plan_slot(code)] = static_cast<comp_t>(c);
+      }
+    }
+  });
+}
+
+void check_plan(const at::Tensor& plan, int64_t K, int64_t num_posterior, const at::Tensor& ref) {
+  TORCH_CHECK(plan.dim() == 1 && plan.size(0) == K && plan.scalar_type() == at::kInt,
+              "xvae_fast: plan must be a (K,) int32 tensor of plan codes with K = ", K, ", got ",
+              plan.sizes(), " ", plan.scalar_type());
+  TORCH_CHECK(plan.device() == ref.device(), "xvae_fast: plan is on ", plan.device(),
+              ", expected ", ref.device());
+  TORCH_CHECK(num_posterior >= 0 && num_posterior <= K, "xvae_fast: num_posterior out of range");
+}
+
+// Host-side validation of plan codes (CPU tensors only; the CUDA launcher trusts the Python plan).
+void check_plan_codes(const at::Tensor& plan, int64_t num_posterior, bool has_pi_q) {
+  const int32_t* codes = plan.data_ptr<int32_t>();
+  int64_t n_post = 0;
+  for (int64_t k = 0; k < plan.size(0); ++k) {
+    const int32_t code = codes[k];
+    TORCH_CHECK(plan_route(code) <= kRoutePosterior && plan_source(code) <= kSourcePosterior &&
+                    (code & 0xC0) == 0,
+                "xvae_fast: invalid plan code ", code, " at coordinate ", k);
+    TORCH_CHECK(plan_direct(code) || plan_source(code) == kSourcePrior,
+                "xvae_fast: coordinate ", k, ": mode transport needs source prior");
+    TORCH_CHECK(has_pi_q || plan_route(code) != kRoutePosterior, "xvae_fast: coordinate ", k,
+                " routes by pi_q but pi_q was not given");
+    if (plan_source(code) == kSourcePosterior) {
+      TORCH_CHECK(plan_slot(code) == n_post, "xvae_fast: plan slots must number the posterior ",
+                  "coordinates 0, 1, ... in order");
+      ++n_post;
+    }
+  }
+  TORCH_CHECK(n_post == num_posterior, "xvae_fast: num_posterior = ", num_posterior, " but the plan has ",
+              n_post, " posterior-source coordinates");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_transport_cpu(
+    const at::Tensor& mu_in, const at::Tensor& logvar_in, const at::Tensor& means,
+    const at::Tensor& stds, const at::Tensor& pi_p, const std::optional<at::Tensor>& pi_q,
+    const at::Tensor& plan_in, int64_t num_posterior, std::optional<at::Generator> generator) {
+  check_floating(mu_in, "mu");
+  check_batch(logvar_in, "logvar", mu_in);
+  const int64_t B = mu_in.size(0), K = mu_in.size(1);
+  check_param(means, "means", {K, K}, mu_in);
+  check_param(stds, "stds", {K, K}, mu_in);
+  check_param(pi_p, "pi_p", {K}, mu_in);
+  if (pi_q.has_value()) check_param(*pi_q, "pi_q", {K}, mu_in);
+  check_plan(plan_in, K, num_posterior, mu_in);
+  auto plan = plan_in.contiguous();
+  check_plan_codes(plan, num_posterior, pi_q.has_value());
+  const auto so = cpu_seed_offset(generator);
+  at::Tensor z = at::empty({B, K}, mu_in.options());
+  at::Tensor comp = at::empty({B, num_posterior}, mu_in.options().dtype(component_dtype(K)));
+  if (B > 0 && K > 0) {
+    auto mu = mu_in.contiguous(), logvar = logvar_in.contiguous();
+    auto tab_p = build_categorical(pi_p);
+    std::optional<CategoricalTensors> tab_q;
+    if (pi_q.has_value()) tab_q = build_categorical(*pi_q);
+    XVAE_DISPATCH_FLOATING(mu.scalar_type(), "routed_transport_cpu", [&] {
+      if (comp.scalar_type() == at::kShort) {
+        routed_transport_kernel<scalar_t, int16_t>(mu, logvar, means.contiguous(), stds.contiguous(),
+                                                   tab_p, tab_q ? &*tab_q : nullptr, plan, so.first,
+                                                   so.second, z, comp);
+      } else {
+        routed_transport_kernel<scalar_t, int32_t>(mu, logvar, means.contiguous(), stds.contiguous(),
+                                                   tab_p, tab_q ? &*tab_q : nullptr, plan, so.first,
+                                                   so.second, z, comp);
+      }
+    });
+  }
+  return {z, comp, make_rng_state(so)};
+}
+
+template <typename scalar_t, typename comp_t>
+void routed_transport_backward_kernel(const at::Tensor& gz, const at::Tensor& z,
+                                      const at::Tensor& mu, const at::Tensor& comp,
+                                      const int32_t* codes, at::Tensor& dmu, at::Tensor& dlv) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t B = mu.size(0), K = mu.size(1), P = comp.size(1);
+  const scalar_t* gp = gz.data_ptr<scalar_t>();
+  const scalar_t* zp = z.data_ptr<scalar_t>();
+  const scalar_t* mup = mu.data_ptr<scalar_t>();
+  const comp_t* cp = P > 0 ? comp.data_ptr<comp_t>() : nullptr;
+  scalar_t* dmp = dmu.data_ptr<scalar_t>();
+  scalar_t* dvp = dlv.data_ptr<scalar_t>();
+  at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(K, 1)),
+                   [&](int64_t i0, int64_t i1) {
+    std::vector<acc_t> am(K), av(K);
+    for (int64_t i = i0; i < i1; ++i) {
+      std::fill(am.begin(), am.end(), acc_t(0));
+      std::fill(av.begin(), av.end(), acc_t(0));
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t col = routed_grad_column(codes[k], static_cast<int32_t>(k), cp + i * P);
+        if (col < 0) continue;
+        const acc_t g = static_cast<acc_t>(gp[i * K + k]);
+        am[col] += g;
+        av[col] += acc_t(0.5) * g *
+                   (static_cast<acc_t>(zp[i * K + k]) - static_cast<acc_t>(mup[i * K + col]));
+      }
+      store_row(dmp + i * K, am.data(), K);
+      store_row(dvp + i * K, av.data(), K);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> routed_transport_backward_cpu(const at::Tensor& grad_z,
+                                                                 const at::Tensor& z,
+                                                                 const at::Tensor& mu,
+                                                                 const at::Tensor& comp,
+                                                                 const at::Tensor& plan_in) {
+  check_floating(mu, "mu");
+  check_batch(grad_z, "grad_z", mu);
+  check_batch(z, "z", mu);
+  const int64_t B = mu.size(0), K = mu.size(1);
+  TORCH_CHECK(comp.dim() == 2 && comp.size(0) == B, "xvae_fast: comp must be (B, P)");
+  check_plan(plan_in, K, comp.size(1), mu);
+  auto plan = plan_in.contiguous();
+  at::Tensor dmu = at::empty({B, K}, mu.options()), dlv = at::empty({B, K}, mu.options());
+  if (B == 0 || K == 0) return {dmu, dlv};
+  auto gz = grad_z.contiguous(), zc = z.contiguous(), muc = mu.contiguous(), cc = comp.contiguous();
+  XVAE_DISPATCH_FLOATING(mu.scalar_type(), "routed_transport_backward_cpu", [&] {
+    if (cc.scalar_type() == at::kShort) {
+      routed_transport_backward_kernel<scalar_t, int16_t>(gz, zc, muc, cc, plan.data_ptr<int32_t>(),
+                                                          dmu, dlv);
+    } else {
+      routed_transport_backward_kernel<scalar_t, int32_t>(gz, zc, muc, cc, plan.data_ptr<int32_t>(),
+                                                          dmu, dlv);
+    }
+  });
+  return {dmu, dlv};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> draw_noise_cpu(const at::Tensor& rng_state,
+                                                              int64_t rows, int64_t cols,
+                                                              bool double_precision) {
+  TORCH_CHECK(rows >= 0 && cols >= 0, "xvae_fast: draw_noise needs rows, cols >= 0");
+  const auto so = read_rng_state(rng_state);
+  auto f64 = at::TensorOptions().dtype(at::kDouble);
+  at::Tensor eta = at::empty({rows, cols}, f64.dtype(double_precision ? at::kDouble : at::kFloat));
+  at::Tensor u = at::empty({rows, cols}, f64), u_row = at::empty({rows}, f64);
+  std::vector<uint32_t> words(rows * cols);
+  AT_DISPATCH_FLOATING_TYPES(eta.scalar_type(), "draw_noise_cpu", [&] {
+    draw_span<scalar_t>(so.first, so.second, 0, rows * cols, eta.data_ptr<scalar_t>(), words.data());
+  });
+  double* up = u.data_ptr<double>();
+  for (int64_t e = 0; e < rows * cols; ++e) up[e] = uniform_open(words[e]);
+  double* urp = u_row.data_ptr<double>();
+  for (int64_t i = 0; i < rows; ++i)
+    urp[i] = uniform_open(philox_row_word(so.first, so.second / 4, static_cast<uint64_t>(i)));
+  return {eta, u, u_row};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(xvae_fast, CPU, m) {
+  m.impl("routed_transport", &routed_transport_cpu);
+  m.impl("routed_transport_backward", &routed_transport_backward_cpu);
+  m.impl("draw_noise", &draw_noise_cpu);
+}
+
+}  // namespace xvae

@@ -1,0 +1,41 @@
+// The op schemas of the xvae_fast library (one place), and the Python module entry point.
+// Kernels register per backend in cpu/*.cpp and cuda/*.cu; autograd and fake (meta) kernels are
+// registered from Python (xvae_fast/_ops.py).
+#include <Python.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing xvae_fast._C loads this library, which runs the registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(xvae_fast, m) {
+  m.def("mixture_kl_forward(Tensor logits, Tensor mu, Tensor logvar, Tensor log_pi_p, "
+        "Tensor prior_mean, Tensor prior_std, int reduction) "
+        "-> (Tensor total, Tensor categorical, Tensor gaussian, Tensor pi_q, Tensor kln_colsum)");
+  m.def("mixture_kl_backward(Tensor grad_total, Tensor grad_categorical, Tensor grad_gaussian, "
+        "Tensor logits, Tensor mu, Tensor logvar, Tensor log_pi_p, Tensor prior_mean, "
+        "Tensor prior_std, Tensor pi_q, Tensor kln_colsum, int reduction) "
+        "-> (Tensor grad_logits, Tensor grad_mu, Tensor grad_logvar)");
+  m.def("gaussian_kl_forward(Tensor mu, Tensor logvar, Tensor prior_mean, Tensor prior_std, "
+        "int reduction) -> Tensor");
+  m.def("gaussian_kl_backward(Tensor grad, Tensor mu, Tensor logvar, Tensor prior_mean, "
+        "Tensor prior_std, int reduction) -> (Tensor grad_mu, Tensor grad_logvar)");
+  m.def("routed_transport(Tensor mu, Tensor logvar, Tensor means, Tensor stds, Tensor pi_p, "
+        "Tensor? pi_q, Tensor plan, int num_posterior, Generator? generator=None) "
+        "-> (Tensor z, Tensor comp, Tensor rng_state)",
+        {at::Tag::nondeterministic_seeded});
+  m.def("routed_transport_backward(Tensor grad_z, Tensor z, Tensor mu, Tensor comp, Tensor plan) "
+        "-> (Tensor grad_mu, Tensor grad_logvar)");
+  m.def("draw_noise(Tensor rng_state, int rows, int cols, bool double_precision) "
+        "-> (Tensor eta, Tensor u, Tensor u_row)");
+  m.def("sample_prior(Tensor means, Tensor stds, Tensor pi_p, int n, float alpha, bool per_row, "
+        "Generator? generator=None) -> (Tensor z, Tensor rng_state)",
+        {at::Tag::nondeterministic_seeded});
+  m.def("sample_prior_backward(Tensor grad_z, Tensor rng_state, Tensor means, Tensor stds, "
+        "Tensor pi_p, float alpha, bool per_row) -> (Tensor grad_means, Tensor grad_stds)");
+}

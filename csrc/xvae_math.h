@@ -1,0 +1,248 @@
+// Math shared by the CPU and CUDA kernels (SPEC.md). Header-only.
+//
+// Every formula is written once as a template over the arithmetic type T. The CPU kernels instantiate
+// it with at::vec::Vectorized<acc_t> (overloads of the primitives in cpu/vec_primitives.h), the scalar
+// tails and the CUDA kernels with float or double (the primitives below).
+#pragma once
+
+#include <c10/macros/Macros.h>
+#include <ATen/core/PhiloxRNGEngine.h>
+
+#include <cmath>
+#include <cstdint>
+
+#if !defined(__CUDACC__)
+#include "cpu/vec_primitives.h"
+#endif
+
+namespace xvae {
+
+// ---------------------------------------------------------------------------------------------------
+// Scalar primitives (host and device). The Vectorized overloads live in cpu/vec_primitives.h.
+// ---------------------------------------------------------------------------------------------------
+C10_HOST_DEVICE inline float xexp(float x) { return ::expf(x); }
+C10_HOST_DEVICE inline double xexp(double x) { return ::exp(x); }
+C10_HOST_DEVICE inline float xlog(float x) { return ::logf(x); }
+C10_HOST_DEVICE inline double xlog(double x) { return ::log(x); }
+C10_HOST_DEVICE inline float xlog1p(float x) { return ::log1pf(x); }
+C10_HOST_DEVICE inline double xlog1p(double x) { return ::log1p(x); }
+C10_HOST_DEVICE inline float xsqrt(float x) { return ::sqrtf(x); }
+C10_HOST_DEVICE inline double xsqrt(double x) { return ::sqrt(x); }
+C10_HOST_DEVICE inline float xsin(float x) { return ::sinf(x); }
+C10_HOST_DEVICE inline double xsin(double x) { return ::sin(x); }
+C10_HOST_DEVICE inline float xcos(float x) { return ::cosf(x); }
+C10_HOST_DEVICE inline double xcos(double x) { return ::cos(x); }
+C10_HOST_DEVICE inline float xabs(float x) { return ::fabsf(x); }
+C10_HOST_DEVICE inline double xabs(double x) { return ::fabs(x); }
+C10_HOST_DEVICE inline float xmax(float a, float b) { return a > b ? a : b; }
+C10_HOST_DEVICE inline double xmax(double a, double b) { return a > b ? a : b; }
+// where(a < b, x, y)
+C10_HOST_DEVICE inline float where_lt(float a, float b, float x, float y) { return a < b ? x : y; }
+C10_HOST_DEVICE inline double where_lt(double a, double b, double x, double y) { return a < b ? x : y; }
+
+// ---------------------------------------------------------------------------------------------------
+// Responsibilities r[i,k] = softplus(l[i,k]) / sum_j softplus(l[i,j])  (SPEC, Eq. 10)
+//
+// softplus underflows for very negative logits (softplus(-100) ~ 4e-44 is a float32 denormal), so
+// each row is scaled by exp(-c) with c = min(max_j l[i,j], 0): the scale cancels in r and keeps the
+// largest term O(1). Rows with a non-negative maximum (c = 0) use softplus and sigmoid directly.
+// ---------------------------------------------------------------------------------------------------
+template <typename T>
+C10_HOST_DEVICE inline T softplus(T x) {
+  return xmax(x, T(0)) + xlog1p(xexp(-xabs(x)));
+}
+
+template <typename T>
+C10_HOST_DEVICE inline T sigmoid(T x) {
+  return T(1) / (T(1) + xexp(-x));
+}
+
+// softplus(l) * exp(-c) for c < 0 (then l <= c < 0): exp(l - c) * log1p(u) / u with u = exp(l) < 1.
+template <typename T>
+C10_HOST_DEVICE inline T scaled_softplus_neg(T l, T c) {
+  T u = xexp(l);
+  T ratio = where_lt(u, T(1e-4), T(1) - T(0.5) * u, xlog1p(u) / u);
+  return xexp(l - c) * ratio;
+}
+
+// sigmoid(l) * exp(-c) for c < 0: exp(l - c) / (1 + exp(l)).
+template <typename T>
+C10_HOST_DEVICE inline T scaled_sigmoid_neg(T l, T c) {
+  return xexp(l - c) / (T(1) + xexp(l));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Univariate Gaussian KL  KLN(mu, sigma; m, s) = log(s/sigma) + (sigma^2 + (mu-m)^2) / (2 s^2) - 1/2
+// with sigma^2 = exp(logvar). Per-coordinate constants are precomputed: log_s and inv_s2 = 1/s^2.
+// ---------------------------------------------------------------------------------------------------
+template <typename T>
+C10_HOST_DEVICE inline T kln(T mu, T logvar, T m, T log_s, T inv_s2) {
+  T d = mu - m;
+  return log_s - T(0.5) * logvar + T(0.5) * (xexp(logvar) + d * d) * inv_s2 - T(0.5);
+}
+
+// d KLN / d mu
+template <typename T>
+C10_HOST_DEVICE inline T kln_grad_mu(T mu, T m, T inv_s2) {
+  return (mu - m) * inv_s2;
+}
+
+// d KLN / d logvar
+template <typename T>
+C10_HOST_DEVICE inline T kln_grad_logvar(T logvar, T inv_s2) {
+  return T(0.5) * (xexp(logvar) * inv_s2 - T(1));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Routed-transport plans: one int32 code per latent coordinate.
+//   bits 0-1 route (home/prior/posterior), bit 2 tie (row), bits 3-4 source (prior/prior_home/
+//   posterior), bit 5 mode (direct), bits 8.. the coordinate's column in the saved component index
+//   (only meaningful for posterior sources).
+// The Python side (xvae_fast/plans.py) builds the same codes.
+// ---------------------------------------------------------------------------------------------------
+enum : int32_t { kRouteHome = 0, kRoutePrior = 1, kRoutePosterior = 2 };
+enum : int32_t { kSourcePrior = 0, kSourcePriorHome = 1, kSourcePosterior = 2 };
+
+C10_HOST_DEVICE inline int32_t plan_route(int32_t code) { return code & 3; }
+C10_HOST_DEVICE inline bool plan_tie_row(int32_t code) { return (code >> 2) & 1; }
+C10_HOST_DEVICE inline int32_t plan_source(int32_t code) { return (code >> 3) & 3; }
+C10_HOST_DEVICE inline bool plan_direct(int32_t code) { return (code >> 5) & 1; }
+C10_HOST_DEVICE inline int32_t plan_slot(int32_t code) { return code >> 8; }
+
+// ---------------------------------------------------------------------------------------------------
+// Counter-based random numbers (Philox 4x32-10, torch's engine), keyed by (seed, offset).
+//
+// For an R x K draw, element e = i*K + k belongs to pair p = e / 2; one Philox block per pair (counter
+// = pair index as the subsequence) gives four 32-bit words: words 0 and 1 make two normals by
+// Box-Muller (lane 0 takes the cosine, lane 1 the sine), words 2 and 3 are the two elements' uniforms
+// for per-element categorical draws. Per-row uniforms (tie = row, per-row sampling) come from the
+// subsequence 2^63 + i. Nothing depends on thread count or launch shape.
+// ---------------------------------------------------------------------------------------------------
+constexpr uint64_t kRowStream = uint64_t(1) << 63;
+constexpr double kTwoPi = 6.283185307179586476925286766559;
+
+struct PairWords {
+  uint32_t w[4];
+};
+
+C10_HOST_DEVICE inline PairWords philox_pair(uint64_t seed, uint64_t offset, uint64_t pair) {
+  at::Philox4_32 engine(seed, pair, offset);
+  PairWords out;
+  out.w[0] = engine();
+  out.w[1] = engine();
+  out.w[2] = engine();
+  out.w[3] = engine();
+  return out;
+}
+
+C10_HOST_DEVICE inline uint32_t philox_row_word(uint64_t seed, uint64_t offset, uint64_t row) {
+  at::Philox4_32 engine(seed, kRowStream | row, offset);
+  return engine();
+}
+
+// A uniform in (0, 1) from 32 bits, exactly representable in double (the categorical draws compare
+// it against a float64 CDF, identically on every backend and in the Python reference).
+C10_HOST_DEVICE inline double uniform_open(uint32_t x) {
+  return (static_cast<double>(x) + 0.5) * 2.3283064365386962890625e-10;  // 2^-32
+}
+
+// Box-Muller inputs in the working precision: radius^2 = -2 log(u1), angle = 2 pi u2, u1 in (0, 1].
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t box_muller_u1(uint32_t x);
+template <>
+C10_HOST_DEVICE inline float box_muller_u1<float>(uint32_t x) {
+  return (static_cast<float>(x >> 8) + 1.0f) * 5.9604644775390625e-08f;  // (0, 1], 2^-24 steps
+}
+template <>
+C10_HOST_DEVICE inline double box_muller_u1<double>(uint32_t x) {
+  return (static_cast<double>(x) + 1.0) * 2.3283064365386962890625e-10;
+}
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t box_muller_angle(uint32_t x) {
+  return static_cast<acc_t>(uniform_open(x) * kTwoPi);
+}
+// Box-Muller radius sqrt(-2 log u1); the pair's normals are radius*cos(angle), radius*sin(angle).
+template <typename T>
+C10_HOST_DEVICE inline T box_muller_radius(T u1) {
+  return xsqrt(T(-2) * xlog(u1));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Categorical draws by inverse CDF: the component is the first c with cdf[c] > u * cdf[C-1]
+// (torch.searchsorted(cdf, u * total, right=True) in the reference). A guide table
+// guide[j] = first c with cdf[c] > (j / C) * total makes the search O(1) on average; the two loops
+// correct any start the guide gets wrong by rounding, so the result never depends on it.
+// ---------------------------------------------------------------------------------------------------
+struct CategoricalTable {
+  const double* cdf;     // (C,) cumulative weights, float64
+  const int32_t* guide;  // (C,) guide table
+};
+
+C10_HOST_DEVICE inline int32_t sample_categorical(CategoricalTable t, int32_t C, double u) {
+  const double* cdf = t.cdf;
+  const int32_t* guide = t.guide;
+  double target = u * cdf[C - 1];
+  int32_t j = static_cast<int32_t>(u * C);
+  j = j < C ? j : C - 1;
+  int32_t c = guide[j];
+  while (c < C - 1 && cdf[c] <= target) ++c;
+  while (c > 0 && cdf[c - 1] > target) --c;
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Transport (Eq. 11): z = mu + sigma / s_k * (eps - m_k), eps the routed source noise.
+// ---------------------------------------------------------------------------------------------------
+template <typename T>
+C10_HOST_DEVICE inline T transport(T mu, T logvar, T eps, T m_k, T inv_s_k) {
+  return mu + xexp(T(0.5) * logvar) * inv_s_k * (eps - m_k);
+}
+
+// One element of routed transport (SPEC steps 1-4) for row pointers mu_row, lv_row (any input dtype),
+// prior means M and stds S (C x K row-major, C == K), diagonal constants m_k and 1/s_k. Writes the
+// component used to *c_out.
+template <typename acc_t, typename in_t>
+C10_HOST_DEVICE inline acc_t routed_value(int32_t code, int32_t k, int32_t K, const in_t* mu_row,
+                                          const in_t* lv_row, const acc_t* M, const acc_t* S,
+                                          const acc_t* m_diag, const acc_t* inv_s_diag,
+                                          CategoricalTable tab_p, CategoricalTable tab_q, acc_t eta,
+                                          double u_elem, double u_row, int32_t* c_out) {
+  const int32_t route = plan_route(code);
+  int32_t c = k;
+  if (route != kRouteHome) {
+    const double u = plan_tie_row(code) ? u_row : u_elem;
+    c = sample_categorical(route == kRoutePrior ? tab_p : tab_q, K, u);
+  }
+  *c_out = c;
+  const int32_t source = plan_source(code);
+  acc_t eps;
+  if (source == kSourcePrior) {
+    eps = M[c * K + k] + S[c * K + k] * eta;
+  } else if (source == kSourcePriorHome) {
+    eps = M[c * K + c] + S[c * K + c] * eta;
+  } else {
+    eps = static_cast<acc_t>(mu_row[c]) +
+          xexp(acc_t(0.5) * static_cast<acc_t>(lv_row[c])) * eta;
+  }
+  if (plan_direct(code)) return eps;
+  return transport(static_cast<acc_t>(mu_row[k]), static_cast<acc_t>(lv_row[k]), eps, m_diag[k],
+                   inv_s_diag[k]);
+}
+
+// The posterior column that z[i,k] depends on (it receives dz/dmu = 1 and dz/dlogvar = (z - mu)/2),
+// or -1 when z[i,k] does not depend on the posterior (direct draw from a prior source).
+template <typename comp_t>
+C10_HOST_DEVICE inline int32_t routed_grad_column(int32_t code, int32_t k, const comp_t* comp_row) {
+  if (!plan_direct(code)) return k;
+  if (plan_source(code) == kSourcePosterior) return static_cast<int32_t>(comp_row[plan_slot(code)]);
+  return -1;
+}
+
+// Prior sample (Eqs. 20-21): z = M[c,k] + alpha * S[c,k] * eta.
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t prior_value(const acc_t* M, const acc_t* S, int32_t c, int32_t k,
+                                         int32_t K, acc_t alpha, acc_t eta) {
+  return M[c * K + k] + alpha * S[c * K + k] * eta;
+}
+
+}  // namespace xvae

@@ -1,0 +1,19 @@
+"""xvae_fast: fused CPU/CUDA kernels and a two-stage trainer for X-VAE, the VAE whose prior is a
+Gaussian mixture fitted on a trained autoencoder's latents (see README.md and SPEC.md)."""
+from ._ext import cuda_kernels_available, extension_available
+from . import reference
+from .plans import PRESETS, CoordinatePlan, Plan
+from .prior import MixturePrior
+from .functional import (draw_noise, gaussian_kl, mixture_kl, responsibilities, routed_transport,
+                         routed_transport_with_state, sample_mixture_with_state, sample_prior)
+
+if extension_available():
+    from . import _registration  # noqa: F401  (fake kernels and autograd of the ops)
+
+__all__ = [
+    "MixturePrior", "Plan", "CoordinatePlan", "PRESETS", "responsibilities", "mixture_kl",
+    "gaussian_kl", "routed_transport", "routed_transport_with_state", "sample_prior",
+    "sample_mixture_with_state", "draw_noise", "reference", "extension_available",
+    "cuda_kernels_available",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,49 @@
+"""Argument checks that name the user's argument (shapes, dtypes, devices, values)."""
+from __future__ import annotations
+
+import torch
+
+FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def check_tensor(t, name: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_finite(t: torch.Tensor, name: str) -> None:
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def check_batch(name: str, t, ref_name: str = None, ref: torch.Tensor = None, K: int = None):
+    """A (B, K) floating tensor; with `ref`, of ref's shape, dtype and device."""
+    check_tensor(t, name)
+    if t.dtype not in FLOATING:
+        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must have shape (B, K), got {tuple(t.shape)}")
+    if K is not None and t.shape[1] != K:
+        raise ValueError(f"{name} has {t.shape[1]} latent coordinates, but the prior has K = {K}")
+    if ref is not None:
+        if t.shape != ref.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but {ref_name} has {tuple(ref.shape)}")
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
+        if t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+    return t
+
+
+def check_reduction(reduction: str) -> int:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
+    return REDUCTIONS[reduction]
+
+
+def check_prior_device(prior, ref: torch.Tensor, ref_name: str) -> None:
+    if prior.means.device != ref.device:
+        raise ValueError(f"the prior is on {prior.means.device} but {ref_name} is on {ref.device}; "
+                         "move it with prior.to(device)")

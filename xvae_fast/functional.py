@@ -1,0 +1,158 @@
+"""The public fused ops. Each validates its arguments (errors name the argument), then dispatches to
+the compiled kernel for the tensors' device. Plain-PyTorch twins live in xvae_fast.reference."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+from . import reference
+from ._ext import require_extension
+from ._validation import check_batch, check_finite, check_prior_device, check_reduction, check_tensor
+from .plans import Plan, resolve_plan
+from .prior import MixturePrior
+
+ROUTINGS = ("per-coordinate", "per-row")
+
+
+def _ops():
+    require_extension()
+    return torch.ops.xvae_fast
+
+
+def _check_prior(prior) -> MixturePrior:
+    if not isinstance(prior, MixturePrior):
+        raise TypeError(f"prior must be an xvae_fast.MixturePrior, got {type(prior).__name__}")
+    return prior
+
+
+def responsibilities(logits: torch.Tensor) -> torch.Tensor:
+    """Batch-aggregated responsibilities pi_q (K,) of Eq. 10: mean over rows of
+    softplus(l) / sum softplus(l). Differentiable; float64 for float64 logits, float32 otherwise."""
+    check_batch("logits", logits)
+    return reference.responsibilities(logits)
+
+
+def mixture_kl(logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior,
+               reduction: str = "mean") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two-part mixture KL (Eq. 18): returns (total, categorical, gaussian), each reduced by
+    `reduction` ("none" gives (B,), "mean"/"sum" scalars). Gradients flow to logits, mu, logvar."""
+    _check_prior(prior)
+    check_batch("logits", logits, K=prior.latent_dim)
+    check_batch("mu", mu, "logits", logits)
+    check_batch("logvar", logvar, "logits", logits)
+    red = check_reduction(reduction)
+    prior.require_paired("mixture_kl")
+    check_prior_device(prior, mu, "mu")
+    _, log_w, _, _, m, s = prior.tensors_for(mu.dtype, mu.device)
+    total, cat, gauss, _, _ = _ops().mixture_kl_forward(logits, mu, logvar, log_w, m, s, red)
+    return total, cat, gauss
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mean: torch.Tensor,
+                prior_std: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    """Single-Gaussian X-VAE KL (Eq. 16): sum_k KL(N(mu, e^logvar) || N(prior_mean, prior_std^2)).
+    The prior is frozen: no gradient flows to prior_mean or prior_std."""
+    check_batch("mu", mu)
+    check_batch("logvar", logvar, "mu", mu)
+    red = check_reduction(reduction)
+    K = mu.shape[1]
+    acc = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    params = []
+    for name, t in (("prior_mean", prior_mean), ("prior_std", prior_std)):
+        check_tensor(t, name)
+        if t.shape != (K,):
+            raise ValueError(f"{name} must have shape ({K},) to match mu, got {tuple(t.shape)}")
+        if t.device != mu.device:
+            raise ValueError(f"{name} is on {t.device} but mu is on {mu.device}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got {t.dtype}")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise ValueError(f"{name} requires grad, but the X-VAE prior is frozen and gaussian_kl "
+                             f"does not differentiate it; pass {name}.detach()")
+        params.append(t.detach().to(acc).contiguous())
+    check_finite(params[1], "prior_std")
+    if (params[1] <= 0).any():
+        raise ValueError("prior_std must be > 0")
+    return _ops().gaussian_kl_forward(mu, logvar, params[0], params[1], red)
+
+
+def _check_pi_q(pi_q, K, ref):
+    check_tensor(pi_q, "pi_q")
+    if pi_q.shape != (K,):
+        raise ValueError(f"pi_q must have shape ({K},), got {tuple(pi_q.shape)}")
+    if pi_q.device != ref.device:
+        raise ValueError(f"pi_q is on {pi_q.device} but mu is on {ref.device}")
+    acc = torch.float64 if ref.dtype == torch.float64 else torch.float32
+    # pi_q is a routing distribution (detached, SPEC step 1); it must be on the simplex.
+    p = pi_q.detach().to(acc).contiguous()
+    if torch.compiler.is_compiling():
+        return p
+    check_finite(p, "pi_q")
+    if (p < 0).any():
+        raise ValueError("pi_q must be non-negative (a probability vector)")
+    if abs(p.double().sum().item() - 1.0) > 1e-3 * max(1, K) ** 0.5:
+        raise ValueError(f"pi_q must sum to 1 (a probability vector), got {p.double().sum().item():.6g}")
+    return p
+
+
+def routed_transport_with_state(mu, logvar, prior, plan="full", pi_q=None, generator=None):
+    """routed_transport returning (z, comp, rng_state): comp holds the component index of each
+    posterior-source coordinate (B, P), rng_state the (seed, offset) its draws used, which
+    `draw_noise` and the reference can replay."""
+    _check_prior(prior)
+    check_batch("mu", mu, K=prior.latent_dim)
+    check_batch("logvar", logvar, "mu", mu)
+    K = mu.shape[1]
+    plan = resolve_plan(plan, K)
+    prior.require_paired(f"routed_transport (plan {plan.name!r})")
+    check_prior_device(prior, mu, "mu")
+    if plan.needs_pi_q and pi_q is None:
+        raise ValueError(f"plan {plan.name!r} routes by the posterior's pi_q, but pi_q was not "
+                         "given; pass pi_q=xvae_fast.responsibilities(logits)")
+    pq = _check_pi_q(pi_q, K, mu) if pi_q is not None else None
+    w, _, M, S, _, _ = prior.tensors_for(mu.dtype, mu.device)
+    return _ops().routed_transport(mu, logvar, M, S, w, pq, plan.codes_tensor(mu.device),
+                                   plan.num_posterior, generator)
+
+
+def routed_transport(mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior,
+                     plan: Union[str, Plan] = "full", pi_q: Optional[torch.Tensor] = None,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """The X-VAE latent code z (B, K): per-coordinate categorical routing and transport
+    (Eqs. 11-13) under `plan` (a preset name or a Plan). Differentiable in mu and logvar."""
+    return routed_transport_with_state(mu, logvar, prior, plan, pi_q, generator)[0]
+
+
+def _check_sample_args(n, alpha, routing):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    if not isinstance(alpha, (int, float)) or not alpha > 0 or alpha != alpha or alpha == float("inf"):
+        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+
+
+def sample_mixture_with_state(weights, means, stds, n, alpha=1.0, routing="per-coordinate",
+                              generator=None):
+    """sample_prior on raw (C,), (C, K), (C, K) tensors, returning (z, rng_state); differentiable
+    in means and stds."""
+    _check_sample_args(n, alpha, routing)
+    return _ops().sample_prior(means, stds, weights, n, float(alpha), routing == "per-row",
+                               generator)
+
+
+def sample_prior(prior: MixturePrior, n: int, alpha: float = 1.0, routing: str = "per-coordinate",
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """n latent samples from the prior (Eqs. 20-21): per coordinate c_k ~ Cat(pi_p) and
+    z_k ~ N(M[c_k,k], (alpha S[c_k,k])^2), or one c per row with routing="per-row". alpha < 1 favours
+    fidelity, alpha > 1 diversity."""
+    _check_prior(prior)
+    return sample_mixture_with_state(prior.weights, prior.means, prior.stds, n, alpha, routing,
+                                     generator)[0]
+
+
+def draw_noise(rng_state: torch.Tensor, rows: int, cols: int, dtype: torch.dtype = torch.float32):
+    """The draws (eta, u, u_row) the kernels make from rng_state for a rows x cols op: normals in
+    float64 if dtype is float64 else float32, per-element and per-row uniforms in float64."""
+    return _ops().draw_noise(rng_state, rows, cols, dtype == torch.float64)

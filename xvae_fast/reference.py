@@ -1,0 +1,151 @@
+"""Plain-PyTorch reference of every fused op (SPEC.md), used for parity and gradient checks.
+
+Each function has the signature of its fused twin in `xvae_fast` and differentiates by ordinary
+autograd. Computation runs in the accumulation dtype (float64 for float64 inputs, float32 otherwise)
+and returns the input dtype, as the kernels do. The random ops accept `noise=(eta, u, u_row)` (the
+normals, per-element uniforms and per-row uniforms) so they can replay the fused kernels' draws
+exactly; `xvae_fast.ops.draw_noise(rng_state, ...)` regenerates those.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from ._validation import check_reduction
+from .plans import Plan, resolve_plan
+from .prior import MixturePrior
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    check_reduction(reduction)
+    if reduction == "none":
+        return x
+    if x.numel() == 0:
+        return x.sum()
+    return x.mean() if reduction == "mean" else x.sum()
+
+
+def responsibility_rows(logits: torch.Tensor) -> torch.Tensor:
+    """r[i,k] = softplus(l[i,k]) / sum_j softplus(l[i,j]) (Eq. 10), stable for logits down to -100:
+    each row is scaled by exp(-c), c = min(max_j l[i,j], 0), before normalising."""
+    l = logits.to(_acc(logits.dtype))
+    c = l.max(dim=1, keepdim=True).values.clamp(max=0.0).detach()
+    u = torch.exp(l)
+    ratio = torch.where(u < 1e-4, 1.0 - 0.5 * u, torch.log1p(u) / u)
+    scaled = torch.where(c < 0, torch.exp(l - c) * ratio, torch.nn.functional.softplus(l))
+    return scaled / scaled.sum(dim=1, keepdim=True)
+
+
+def responsibilities(logits: torch.Tensor) -> torch.Tensor:
+    """pi_q[k] = mean_i r[i,k], (K,), differentiable, in the accumulation dtype."""
+    if logits.shape[0] == 0:
+        return torch.zeros(logits.shape[1], dtype=_acc(logits.dtype), device=logits.device)
+    return responsibility_rows(logits).mean(dim=0)
+
+
+def kln(mu: torch.Tensor, logvar: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """KL( N(mu, exp(logvar)) || N(m, s^2) ), elementwise."""
+    return torch.log(s) - 0.5 * logvar + (torch.exp(logvar) + (mu - m) ** 2) / (2 * s * s) - 0.5
+
+
+def mixture_kl(logits, mu, logvar, prior: MixturePrior, reduction: str = "mean"):
+    """(total, categorical, gaussian): KL(pi_q || pi_p) + sum_k pi_q[k] KLN[i,k] per row (Eq. 18)."""
+    dtype = mu.dtype
+    acc = _acc(dtype)
+    B = mu.shape[0]
+    w, logw, _, _, m, s = prior.tensors_for(dtype, mu.device)
+    if B == 0:
+        z = mu.new_zeros((0,) if reduction == "none" else ())
+        return z, z.clone(), z.clone()
+    pi_q = responsibilities(logits)
+    safe = pi_q.clamp_min(torch.finfo(acc).tiny)
+    cat = (pi_q * (torch.log(safe) - logw)).sum()
+    gauss = (pi_q * kln(mu.to(acc), logvar.to(acc), m, s)).sum(dim=1)
+    cat_rows = cat.expand(B)
+    out = [_reduce(t, reduction) for t in (cat_rows + gauss, cat_rows, gauss)]
+    return tuple(t.to(dtype) for t in out)
+
+
+def gaussian_kl(mu, logvar, prior_mean, prior_std, reduction: str = "none"):
+    """sum_k KLN(mu[i,k], sigma[i,k]; prior_mean[k], prior_std[k]) per row (Eq. 16)."""
+    acc = _acc(mu.dtype)
+    rows = kln(mu.to(acc), logvar.to(acc), prior_mean.to(acc), prior_std.to(acc)).sum(dim=1)
+    return _reduce(rows, reduction).to(mu.dtype)
+
+
+def sample_categorical(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The first c with cdf[c] > u * cdf[-1] (inverse CDF in float64), as the kernels draw it."""
+    cdf = torch.cumsum(weights.to(torch.float64), 0)
+    idx = torch.searchsorted(cdf, (u.to(torch.float64) * cdf[-1]).contiguous(), right=True)
+    return idx.clamp(max=weights.numel() - 1)
+
+
+def _default_noise(B, K, dtype, device, generator):
+    eta = torch.randn(B, K, dtype=_acc(dtype), device=device, generator=generator)
+    u = torch.rand(B, K, dtype=torch.float64, device=device, generator=generator)
+    u_row = torch.rand(B, dtype=torch.float64, device=device, generator=generator)
+    return eta, u, u_row
+
+
+def routed_transport(mu, logvar, prior: MixturePrior, plan="full", pi_q=None, generator=None,
+                     noise: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None,
+                     return_components: bool = False):
+    """z (B, K) by per-coordinate routing and transport (Eqs. 11-13); see SPEC steps 1-4."""
+    B, K = mu.shape
+    plan = resolve_plan(plan, K)
+    prior.require_paired("routed_transport")
+    if plan.needs_pi_q and pi_q is None:
+        raise ValueError(f"plan {plan.name!r} routes by pi_q, but pi_q was not given")
+    dtype, acc = mu.dtype, _acc(mu.dtype)
+    w, _, M, S, m, s = prior.tensors_for(dtype, mu.device)
+    eta, u, u_row = noise if noise is not None else _default_noise(B, K, dtype, mu.device, generator)
+    eta = eta.to(acc)
+    mu_a, lv_a = mu.to(acc), logvar.to(acc)
+
+    route = torch.tensor([("home", "prior", "posterior").index(c.route) for c in plan.coordinates],
+                         device=mu.device)
+    tie_row = torch.tensor([c.tie == "row" for c in plan.coordinates], device=mu.device)
+    source = torch.tensor([("prior", "prior_home", "posterior").index(c.source)
+                           for c in plan.coordinates], device=mu.device)
+    direct = torch.tensor([c.mode == "direct" for c in plan.coordinates], device=mu.device)
+
+    u_sel = torch.where(tie_row, u_row[:, None].expand(B, K), u)
+    home = torch.arange(K, device=mu.device).expand(B, K)
+    c = torch.where(route == 1, sample_categorical(w, u_sel), home)
+    if plan.needs_pi_q:
+        c = torch.where(route == 2, sample_categorical(pi_q.detach(), u_sel), c)
+
+    eps_prior = M[c, home] + S[c, home] * eta
+    eps_home = M[c, c] + S[c, c] * eta
+    eps_post = mu_a.gather(1, c) + torch.exp(0.5 * lv_a.gather(1, c)) * eta
+    eps = torch.where(source == 0, eps_prior, torch.where(source == 1, eps_home, eps_post))
+    transported = mu_a + torch.exp(0.5 * lv_a) / s * (eps - m)
+    z = torch.where(direct, eps, transported).to(dtype)
+    return (z, c) if return_components else z
+
+
+def sample_prior(prior: MixturePrior, n: int, alpha: float = 1.0, routing: str = "per-coordinate",
+                 generator=None, noise=None):
+    """n prior samples (Eqs. 20-21): per coordinate (or per row) c ~ Cat(pi_p),
+    z = M[c,k] + alpha * S[c,k] * eta."""
+    return sample_mixture(prior.weights, prior.means, prior.stds, n, alpha, routing, generator, noise)
+
+
+def sample_mixture(weights, means, stds, n: int, alpha: float = 1.0,
+                   routing: str = "per-coordinate", generator=None, noise=None):
+    """`sample_prior` on raw tensors (differentiable in means and stds)."""
+    C, K = means.shape
+    if noise is None:
+        noise = _default_noise(n, K, means.dtype, means.device, generator)
+    eta, u, u_row = noise
+    if routing == "per-row":
+        c = sample_categorical(weights, u_row)[:, None].expand(n, K)
+    else:
+        c = sample_categorical(weights, u)
+    cols = torch.arange(K, device=means.device).expand(n, K)
+    return means[c, cols] + alpha * stds[c, cols] * eta.to(means.dtype)
