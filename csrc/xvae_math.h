@@ -198,32 +198,40 @@ C10_HOST_DEVICE inline T transport(T mu, T logvar, T eps, T m_k, T inv_s_k) {
   return mu + xexp(T(0.5) * logvar) * inv_s_k * (eps - m_k);
 }
 
-// One element of routed transport (SPEC steps 1-4) for row pointers mu_row, lv_row (any input dtype),
-// prior means M and stds S (C x K row-major, C == K), diagonal constants m_k and 1/s_k. Writes the
-// component used to *c_out.
+// Step 1: the component of element (i, k) under its plan code (C == K).
+C10_HOST_DEVICE inline int32_t routed_component(int32_t code, int32_t k, int32_t K,
+                                                CategoricalTable tab_p, CategoricalTable tab_q,
+                                                double u_elem, double u_row) {
+  const int32_t route = plan_route(code);
+  if (route == kRouteHome) return k;
+  const double u = plan_tie_row(code) ? u_row : u_elem;
+  return sample_categorical(route == kRoutePrior ? tab_p : tab_q, K, u);
+}
+
+// Steps 2-3: the source noise eps for component c, from the normal eta. M and S are the prior's
+// means and stds (C x K row-major); mu_row and lv_row the row's posterior (any input dtype).
+template <typename acc_t, typename in_t>
+C10_HOST_DEVICE inline acc_t routed_source_noise(int32_t code, int32_t c, int32_t k, int32_t K,
+                                                 const acc_t* M, const acc_t* S,
+                                                 const in_t* mu_row, const in_t* lv_row,
+                                                 acc_t eta) {
+  const int32_t source = plan_source(code);
+  if (source == kSourcePrior) return M[c * K + k] + S[c * K + k] * eta;
+  if (source == kSourcePriorHome) return M[c * K + c] + S[c * K + c] * eta;
+  return static_cast<acc_t>(mu_row[c]) + xexp(acc_t(0.5) * static_cast<acc_t>(lv_row[c])) * eta;
+}
+
+// One element of routed transport (SPEC steps 1-4); m_diag and inv_s_diag hold m_k and 1/s_k.
+// Writes the component used to *c_out. (The CPU kernel runs the same steps, step 4 vectorised.)
 template <typename acc_t, typename in_t>
 C10_HOST_DEVICE inline acc_t routed_value(int32_t code, int32_t k, int32_t K, const in_t* mu_row,
                                           const in_t* lv_row, const acc_t* M, const acc_t* S,
                                           const acc_t* m_diag, const acc_t* inv_s_diag,
                                           CategoricalTable tab_p, CategoricalTable tab_q, acc_t eta,
                                           double u_elem, double u_row, int32_t* c_out) {
-  const int32_t route = plan_route(code);
-  int32_t c = k;
-  if (route != kRouteHome) {
-    const double u = plan_tie_row(code) ? u_row : u_elem;
-    c = sample_categorical(route == kRoutePrior ? tab_p : tab_q, K, u);
-  }
+  const int32_t c = routed_component(code, k, K, tab_p, tab_q, u_elem, u_row);
   *c_out = c;
-  const int32_t source = plan_source(code);
-  acc_t eps;
-  if (source == kSourcePrior) {
-    eps = M[c * K + k] + S[c * K + k] * eta;
-  } else if (source == kSourcePriorHome) {
-    eps = M[c * K + c] + S[c * K + c] * eta;
-  } else {
-    eps = static_cast<acc_t>(mu_row[c]) +
-          xexp(acc_t(0.5) * static_cast<acc_t>(lv_row[c])) * eta;
-  }
+  const acc_t eps = routed_source_noise(code, c, k, K, M, S, mu_row, lv_row, eta);
   if (plan_direct(code)) return eps;
   return transport(static_cast<acc_t>(mu_row[k]), static_cast<acc_t>(lv_row[k]), eps, m_diag[k],
                    inv_s_diag[k]);

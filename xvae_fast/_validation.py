@@ -13,7 +13,16 @@ def check_tensor(t, name: str) -> torch.Tensor:
     return t
 
 
+def values_checkable() -> bool:
+    """Value checks read tensor data; under torch.compile tracing they are skipped (shape, dtype
+    and device checks still run), since the eager call path has already validated the same
+    arguments' kind and data-dependent branches cannot be traced."""
+    return not torch.compiler.is_compiling()
+
+
 def check_finite(t: torch.Tensor, name: str) -> None:
+    if not values_checkable():
+        return
     if t.numel() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf")
 

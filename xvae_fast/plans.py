@@ -90,6 +90,8 @@ class Plan:
 
     def codes_tensor(self, device) -> torch.Tensor:
         device = torch.device(device)
+        if torch.compiler.is_compiling():
+            return torch.tensor(self.codes, dtype=torch.int32, device=device)
         t = self._device_codes.get(device)
         if t is None:
             t = torch.tensor(self.codes, dtype=torch.int32, device=device)

@@ -102,20 +102,25 @@ class MixturePrior(nn.Module):
         (float64 for float64 inputs, float32 otherwise) on `device`, cached."""
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         device = torch.device(device)
+        if torch.compiler.is_compiling():  # traced: the conversions become part of the graph
+            return self._convert(acc, device)
         key = (acc, device, self.weights.data_ptr(), self.means.data_ptr(), self.stds.data_ptr(),
                self.weights._version, self.means._version, self.stds._version)
         hit = self._cache.get(key)
         if hit is None:
-            w, M, S = (t.to(device=device, dtype=acc).contiguous() for t in
-                       (self.weights, self.means, self.stds))
-            if self.is_single or M.shape[0] == M.shape[1]:
-                m, s = (M[0], S[0]) if self.is_single else (torch.diagonal(M), torch.diagonal(S))
-                m, s = m.contiguous(), s.contiguous()
-            else:
-                m = s = None
-            hit = (w, torch.log(w), M, S, m, s)
+            hit = self._convert(acc, device)
             self._cache = {key: hit}
         return hit
+
+    def _convert(self, acc, device):
+        w, M, S = (t.to(device=device, dtype=acc).contiguous() for t in
+                   (self.weights, self.means, self.stds))
+        if self.is_single or M.shape[0] == M.shape[1]:
+            m, s = (M[0], S[0]) if self.is_single else (torch.diagonal(M), torch.diagonal(S))
+            m, s = m.contiguous(), s.contiguous()
+        else:
+            m = s = None
+        return w, torch.log(w), M, S, m, s
 
     def extra_repr(self) -> str:
         return f"C={self.num_components}, K={self.latent_dim}, dtype={self.means.dtype}"

@@ -35,25 +35,39 @@ void routed_transport_kernel(const at::Tensor& mu, const at::Tensor& logvar, con
   comp_t* cp = P > 0 ? comp.data_ptr<comp_t>() : nullptr;
   const uint64_t off_blocks = offset / 4;
 
+  // 1.0 where the coordinate's z is its source noise (mode direct), 0.0 where it is transported.
+  std::vector<acc_t> direct(K);
+  for (int64_t k = 0; k < K; ++k) direct[k] = plan_direct(codes[k]) ? acc_t(1) : acc_t(0);
+
   at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(K, 1)),
                    [&](int64_t i0, int64_t i1) {
-    std::vector<acc_t> eta(K);
+    std::vector<acc_t> eta(K), eps(K), zrow(K);
     std::vector<uint32_t> word(K);
+    RowReader<scalar_t, acc_t> Mr(mup, K), Vr(lvp, K);
     for (int64_t i = i0; i < i1; ++i) {
       draw_span<acc_t>(seed, offset, i * K, (i + 1) * K, eta.data(), word.data());
       const double u_row =
           any_row_tie ? uniform_open(philox_row_word(seed, off_blocks, static_cast<uint64_t>(i))) : 0.0;
-      const scalar_t* mrow = mup + i * K;
-      const scalar_t* vrow = lvp + i * K;
+      const acc_t* mrow = Mr.row(i);
+      const acc_t* vrow = Vr.row(i);
+      // Steps 1-3 (routing and source noise), scalar: gathers from the prior tables.
       for (int64_t k = 0; k < K; ++k) {
         const int32_t code = codes[k];
-        int32_t c;
-        const acc_t v = routed_value<acc_t>(code, static_cast<int32_t>(k), static_cast<int32_t>(K),
-                                            mrow, vrow, M, S, m_diag.data(), inv_s_diag.data(), tp,
-                                            tq, eta[k], uniform_open(word[k]), u_row, &c);
-        zp[i * K + k] = static_cast<scalar_t>(v);
+        const int32_t c = routed_component(code, static_cast<int32_t>(k), static_cast<int32_t>(K),
+                                           tp, tq, uniform_open(word[k]), u_row);
+        eps[k] = routed_source_noise(code, c, static_cast<int32_t>(k), static_cast<int32_t>(K), M, S,
+                                     mrow, vrow, eta[k]);
         if (plan_source(code) == kSourcePosterior) cp[i * P + plan_slot(code)] = static_cast<comp_t>(c);
       }
+      // Step 4, vectorised: transport, or the noise itself for direct coordinates.
+      for_each_lane<acc_t>(K, [&](auto t, int64_t k) {
+        using T = decltype(t);
+        const T e = ld(eps.data() + k, t);
+        const T moved = transport(ld(mrow + k, t), ld(vrow + k, t), e, ld(m_diag.data() + k, t),
+                                  ld(inv_s_diag.data() + k, t));
+        st(zrow.data() + k, where_lt(T(0.5), ld(direct.data() + k, t), e, moved));
+      });
+      store_row(zp + i * K, zrow.data(), K);
     }
   });
 }
