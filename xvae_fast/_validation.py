@@ -14,9 +14,8 @@ def check_tensor(t, name: str) -> torch.Tensor:
 
 
 def values_checkable() -> bool:
-    """Value checks read tensor data; under torch.compile tracing they are skipped (shape, dtype
-    and device checks still run), since the eager call path has already validated the same
-    arguments' kind and data-dependent branches cannot be traced."""
+    """Value checks (NaN, signs, sums) read tensor data, which torch.compile cannot trace without a
+    graph break; while compiling they are skipped, and shape, dtype and device checks still run."""
     return not torch.compiler.is_compiling()
 
 

@@ -86,9 +86,11 @@ def sample_categorical(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def _default_noise(B, K, dtype, device, generator):
-    eta = torch.randn(B, K, dtype=_acc(dtype), device=device, generator=generator)
-    u = torch.rand(B, K, dtype=torch.float64, device=device, generator=generator)
-    u_row = torch.rand(B, dtype=torch.float64, device=device, generator=generator)
+    # (generator= is passed only when given: torch.compile traces the default-generator form.)
+    g = {} if generator is None else {"generator": generator}
+    eta = torch.randn(B, K, dtype=_acc(dtype), device=device, **g)
+    u = torch.rand(B, K, dtype=torch.float64, device=device, **g)
+    u_row = torch.rand(B, dtype=torch.float64, device=device, **g)
     return eta, u, u_row
 
 

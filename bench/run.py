@@ -1,0 +1,309 @@
+"""Microbenchmarks of the fused ops against the eager reference and torch.compile of the reference.
+
+    python bench/run.py            # full grid (B 128..65536, K 3/64/256, float32 and bfloat16)
+    python bench/run.py --quick    # a small grid, a few minutes on a 2-core CPU
+    python bench/run.py --device cuda --ops mixture_kl routed_transport:full
+
+Each figure is the median of repeated timed calls after warm-up (CUDA events on a GPU), with the
+ratio of each peer to the fused op measured in the same run, the op's peak extra memory (CUDA:
+max_memory_allocated above the inputs; CPU: the peak of bytes allocated during one call, from the
+profiler's allocation events) and its effective bandwidth: the bytes the op must read and write,
+divided by its time, as a fraction of this device's copy bandwidth measured in the same run.
+torch.compile compiles once per (op, dtype, pass) with dynamic shapes; its compile time is reported
+separately and is not in the per-call figure. Writes JSON and a Markdown table under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+import xvae_fast as xf
+from xvae_fast import reference as R
+
+FULL_B = (128, 1024, 8192, 65536)
+FULL_K = (3, 64, 256)
+QUICK_B = (1024, 4096)
+QUICK_K = (64, 256)
+ALL_OPS = ["mixture_kl", "gaussian_kl"] + [f"routed_transport:{p}" for p in xf.PRESETS] + \
+    ["sample_prior:per-coordinate", "sample_prior:per-row"]
+QUICK_OPS = ["mixture_kl", "gaussian_kl", "routed_transport:full", "routed_transport:k1-pq-nq",
+             "sample_prior:per-coordinate"]
+
+
+# ---- timing and memory ------------------------------------------------------------------------------
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3,
+                   min_total: float = 0.05) -> float:
+    """Median wall time of fn() after warm-up; on CUDA from events around each call."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: List[float] = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start_all < min_total and len(times) < 10 * repeats):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Peak memory one call allocates beyond what already exists."""
+    if device.type == "cuda":
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = fn()
+        _sync(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        del out
+        return int(peak)
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+        del out
+    # Each op's own allocations (self usage) and the unattributed frees ("[memory]"), in time order.
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    running = peak = 0
+    for e in events:
+        running += e.self_cpu_memory_usage
+        peak = max(peak, running)
+    return int(peak)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28) -> float:
+    """Bytes per second of a device-to-device copy (read + write counted)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    t = median_seconds(lambda: dst.copy_(src), device, repeats=10)
+    return 2 * nbytes / t
+
+
+# ---- cases ------------------------------------------------------------------------------------------
+@dataclass
+class Case:
+    """One op at one size: callables for the fused op and the reference, and the bytes it must move."""
+    op: str
+    B: int
+    K: int
+    dtype: torch.dtype
+    fused: Callable
+    reference: Callable
+    args: tuple
+    grads_of: tuple  # inputs to differentiate for fwd+bwd ('' for forward-only ops)
+    bytes_fwd: int
+    bytes_fwdbwd: int
+    extra: Dict = field(default_factory=dict)
+
+
+def make_prior(K, device, C=None):
+    g = torch.Generator().manual_seed(0)
+    C = K if C is None else C
+    w = torch.rand(C, generator=g) + 0.1
+    return xf.MixturePrior(w / w.sum(), torch.randn(C, K, generator=g),
+                           torch.rand(C, K, generator=g) + 0.5).to(device)
+
+
+def make_case(op: str, B: int, K: int, dtype: torch.dtype, device: torch.device) -> Case:
+    g = torch.Generator(device="cpu").manual_seed(1)
+    item = torch.tensor([], dtype=dtype).element_size()
+    BK = B * K
+
+    def x():
+        return (torch.randn(B, K, generator=g) * 0.5).to(device=device, dtype=dtype).requires_grad_()
+
+    prior = make_prior(K, device)
+    name, _, variant = op.partition(":")
+    if name == "mixture_kl":
+        l, mu, lv = x(), x(), x()
+        fused = lambda l, mu, lv: xf.mixture_kl(l, mu, lv, prior, "mean")[0]
+        ref = lambda l, mu, lv: R.mixture_kl(l, mu, lv, prior, "mean")[0]
+        # forward reads logits, mu, logvar; backward reads them again and writes three gradients
+        return Case(op, B, K, dtype, fused, ref, (l, mu, lv), (0, 1, 2), 3 * BK * item, 9 * BK * item)
+    if name == "gaussian_kl":
+        mu, lv = x(), x()
+        m, s = prior.diag()
+        fused = lambda mu, lv: xf.gaussian_kl(mu, lv, m, s, "mean")
+        ref = lambda mu, lv: R.gaussian_kl(mu, lv, m, s, "mean")
+        return Case(op, B, K, dtype, fused, ref, (mu, lv), (0, 1), 2 * BK * item, 6 * BK * item)
+    if name == "routed_transport":
+        l, mu, lv = x(), x(), x()
+        pi_q = xf.responsibilities(l).detach()
+        fused = lambda mu, lv: xf.routed_transport(mu, lv, prior, variant, pi_q)
+        ref = lambda mu, lv: R.routed_transport(mu, lv, prior, variant, pi_q)
+        # forward: read mu, logvar, write z; backward: read dz, z, mu, write two gradients
+        return Case(op, B, K, dtype, fused, ref, (mu, lv), (0, 1), 3 * BK * item, 8 * BK * item)
+    if name == "sample_prior":
+        fused = lambda: xf.sample_prior(prior, B, 1.0, variant)
+        ref = lambda: R.sample_prior(prior, B, 1.0, variant)
+        f32 = 4
+        return Case(op, B, K, torch.float32, fused, ref, (), (), BK * f32, BK * f32)
+    raise ValueError(f"unknown op {op!r}; choose from {ALL_OPS}")
+
+
+def _runner(fn, case: Case, backward: bool):
+    args = case.args
+    if not backward or not case.grads_of:
+        def run():
+            with torch.no_grad():
+                return fn(*args)
+        return run
+    inputs = [args[i] for i in case.grads_of]
+
+    def run():
+        out = fn(*args)
+        return torch.autograd.grad(out.float().sum(), inputs)
+    return run
+
+
+# ---- the sweep --------------------------------------------------------------------------------------
+def run(args) -> dict:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not (torch.cuda.is_available() and xf.cuda_kernels_available()):
+        raise SystemExit("--device cuda needs a GPU and xvae_fast built with its CUDA kernels")
+    dtypes = [getattr(torch, d) for d in args.dtypes]
+    ops = args.ops or (QUICK_OPS if args.quick else ALL_OPS)
+    Bs = args.B or (QUICK_B if args.quick else FULL_B)
+    Ks = args.K or (QUICK_K if args.quick else FULL_K)
+    bw = copy_bandwidth(device)
+    print(f"device {device}: copy bandwidth {bw / 1e9:.1f} GB/s, threads {torch.get_num_threads()}",
+          flush=True)
+    compiled: Dict[tuple, Callable] = {}
+    compile_seconds: Dict[str, float] = {}
+    rows = []
+    for op in ops:
+        for dtype in dtypes:
+            if op.startswith("sample_prior") and dtype != dtypes[0]:
+                continue  # the prior's dtype, not the inputs', sets sample_prior's
+            for K in Ks:
+                for B in Bs:
+                    case = make_case(op, B, K, dtype, device)
+                    for backward in ([False, True] if case.grads_of else [False]):
+                        rows.append(measure(case, backward, device, bw, args, compiled, compile_seconds))
+                        r = rows[-1]
+                        print(f"{op:28s} {str(dtype)[6:]:8s} B={B:6d} K={K:3d} "
+                              f"{'fwd+bwd' if backward else 'fwd    '} fused {r['fused_ms']:9.3f} ms"
+                              f"  x{r['speedup_vs_eager']:6.2f} eager"
+                              + (f"  x{r['speedup_vs_compile']:6.2f} compile" if r.get("speedup_vs_compile") else "")
+                              + f"  bw {100 * r['bandwidth_fraction']:5.1f}%", flush=True)
+    return {
+        "machine": machine_info(device),
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "copy_bandwidth_GBps": bw / 1e9,
+        "compile_seconds": compile_seconds,
+        "results": rows,
+    }
+
+
+def measure(case: Case, backward: bool, device, bw, args, compiled, compile_seconds) -> dict:
+    key = (case.op, case.dtype, backward)
+    fused = _runner(case.fused, case, backward)
+    eager = _runner(case.reference, case, backward)
+    t_fused = median_seconds(fused, device, args.repeats)
+    t_eager = median_seconds(eager, device, max(3, args.repeats // 3))
+    row = dict(op=case.op, dtype=str(case.dtype).replace("torch.", ""), B=case.B, K=case.K,
+               pass_="fwd+bwd" if backward else "fwd", fused_ms=t_fused * 1e3, eager_ms=t_eager * 1e3,
+               speedup_vs_eager=t_eager / t_fused)
+    if not args.no_compile:
+        if key not in compiled:
+            compiled[key] = torch.compile(case.reference, dynamic=True)
+        comp = _runner(compiled[key], case, backward)
+        t0 = time.perf_counter()
+        comp()
+        _sync(device)
+        first = time.perf_counter() - t0
+        name = f"{case.op} {row['dtype']} {row['pass_']}"
+        compile_seconds.setdefault(name, first)
+        t_comp = median_seconds(comp, device, args.repeats)
+        row.update(compile_ms=t_comp * 1e3, speedup_vs_compile=t_comp / t_fused)
+    nbytes = case.bytes_fwdbwd if backward else case.bytes_fwd
+    row.update(bytes_moved=nbytes, bandwidth_GBps=nbytes / t_fused / 1e9,
+               bandwidth_fraction=nbytes / t_fused / bw,
+               fused_peak_bytes=peak_extra_bytes(fused, device),
+               eager_peak_bytes=peak_extra_bytes(eager, device))
+    return row
+
+
+def machine_info(device) -> dict:
+    info = dict(python=platform.python_version(), torch=torch.__version__, platform=platform.platform(),
+                processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+                threads=torch.get_num_threads(), device=str(device))
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu_model"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def to_markdown(report: dict) -> str:
+    m = report["machine"]
+    head = [f"Machine: {m.get('gpu') or m.get('cpu_model', m['processor'])}, {m['cpu_count']} cores, "
+            f"{m['threads']} torch threads, torch {m['torch']}; device {m['device']}; copy bandwidth "
+            f"{report['copy_bandwidth_GBps']:.1f} GB/s. Command: `{report['command']}` ({report['date']}).",
+            "",
+            "| op | dtype | B | K | pass | fused ms | vs eager | vs compile | bandwidth (of copy) | peak extra MB fused / eager |",
+            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for r in report["results"]:
+        comp = f"{r['speedup_vs_compile']:.2f}x" if "speedup_vs_compile" in r else "-"
+        head.append(f"| {r['op']} | {r['dtype']} | {r['B']} | {r['K']} | {r['pass_']} | {r['fused_ms']:.3f} | "
+                    f"{r['speedup_vs_eager']:.2f}x | {comp} | {r['bandwidth_GBps']:.1f} GB/s "
+                    f"({100 * r['bandwidth_fraction']:.0f}%) | {r['fused_peak_bytes'] / 2**20:.2f} / "
+                    f"{r['eager_peak_bytes'] / 2**20:.2f} |")
+    if report["compile_seconds"]:
+        head += ["", "torch.compile time (first call, s): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in report["compile_seconds"].items())]
+    return "\n".join(head) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small grid (minutes on a 2-core CPU)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--ops", nargs="*", help=f"subset of {ALL_OPS}")
+    ap.add_argument("--B", type=int, nargs="*", help="batch sizes")
+    ap.add_argument("--K", type=int, nargs="*", help="latent sizes")
+    ap.add_argument("--dtypes", nargs="*", default=None, help="float32 bfloat16 ...")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
+    ap.add_argument("--out", default="bench/results", help="folder for JSON and Markdown")
+    args = ap.parse_args(argv)
+    if args.dtypes is None:
+        args.dtypes = ["float32"] if args.quick else ["float32", "bfloat16"]
+    report = run(args)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{'quick' if args.quick else 'full'}-{torch.device(args.device).type}")
+    with open(stem + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(to_markdown(report))
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()

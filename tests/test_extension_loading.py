@@ -1,0 +1,36 @@
+import subprocess
+import sys
+import textwrap
+
+
+def test_import_without_compiled_extension_gives_clear_message():
+    # Simulate a checkout whose extension was never built: importing xvae_fast._C fails.
+    code = textwrap.dedent("""
+        import sys, warnings
+        sys.modules["xvae_fast._C"] = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import xvae_fast as xf
+        assert not xf.extension_available()
+        assert any("could not be loaded" in str(w.message) for w in caught), caught
+        import torch
+        prior = xf.MixturePrior(torch.ones(2) / 2, torch.zeros(2, 2), torch.ones(2, 2))
+        x = torch.zeros(3, 2)
+        try:
+            xf.mixture_kl(x, x, x, prior)
+        except RuntimeError as e:
+            assert "compiled extension is missing" in str(e) and "pip install" in str(e), e
+        else:
+            raise AssertionError("no error")
+        # The reference still works without the build.
+        assert xf.reference.mixture_kl(x, x, x, prior)[0].shape == ()
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_extension_loaded_here():
+    import xvae_fast as xf
+    assert xf.extension_available()
