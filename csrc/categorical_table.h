@@ -2,7 +2,9 @@
 // so the same code serves CPU and CUDA tensors without a device sync.
 #pragma once
 
-#include <ATen/Functions.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/searchsorted.h>
 #include <ATen/core/Tensor.h>
 
 #include "xvae_math.h"
@@ -11,7 +13,7 @@ namespace xvae {
 
 struct CategoricalTensors {
   at::Tensor cdf;    // (C,) float64
-  at::Tensor guide;  // (C,) int32
+  at::Tensor guide;  // (G,) int32, G = kGuideBucketsPerComponent * C
   CategoricalTable view() const {
     return {cdf.data_ptr<double>(), guide.data_ptr<int32_t>()};
   }
@@ -19,8 +21,9 @@ struct CategoricalTensors {
 
 inline CategoricalTensors build_categorical(const at::Tensor& weights) {
   const int64_t C = weights.numel();
+  const int64_t G = kGuideBucketsPerComponent * C;
   auto cdf = at::cumsum(weights.to(at::kDouble), 0).contiguous();
-  auto thresholds = at::arange(C, cdf.options()).mul(1.0 / static_cast<double>(C)).mul(cdf.select(0, C - 1));
+  auto thresholds = at::arange(G, cdf.options()).mul(1.0 / static_cast<double>(G)).mul(cdf.select(0, C - 1));
   auto guide = at::searchsorted(cdf, thresholds, /*out_int32=*/true, /*right=*/true)
                    .clamp_max(C - 1)
                    .contiguous();

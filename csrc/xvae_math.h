@@ -169,22 +169,25 @@ C10_HOST_DEVICE inline T box_muller_radius(T u1) {
 
 // ---------------------------------------------------------------------------------------------------
 // Categorical draws by inverse CDF: the component is the first c with cdf[c] > u * cdf[C-1]
-// (torch.searchsorted(cdf, u * total, right=True) in the reference). A guide table
-// guide[j] = first c with cdf[c] > (j / C) * total makes the search O(1) on average; the two loops
-// correct any start the guide gets wrong by rounding, so the result never depends on it.
+// (torch.searchsorted(cdf, u * total, right=True) in the reference). A guide table of G = 8 C
+// buckets, guide[j] = first c with cdf[c] > (j / G) * total, makes the search O(1): a bucket holds
+// a CDF step with probability at most 1/8, so the walk below rarely moves. The two loops correct any
+// start the guide gets wrong by rounding, so the result never depends on it.
 // ---------------------------------------------------------------------------------------------------
+constexpr int32_t kGuideBucketsPerComponent = 8;
+
 struct CategoricalTable {
   const double* cdf;     // (C,) cumulative weights, float64
-  const int32_t* guide;  // (C,) guide table
+  const int32_t* guide;  // (G,) guide table, G = kGuideBucketsPerComponent * C
 };
 
 C10_HOST_DEVICE inline int32_t sample_categorical(CategoricalTable t, int32_t C, double u) {
   const double* cdf = t.cdf;
-  const int32_t* guide = t.guide;
+  const int32_t G = kGuideBucketsPerComponent * C;
   double target = u * cdf[C - 1];
-  int32_t j = static_cast<int32_t>(u * C);
-  j = j < C ? j : C - 1;
-  int32_t c = guide[j];
+  int32_t j = static_cast<int32_t>(u * G);
+  j = j < G ? j : G - 1;
+  int32_t c = t.guide[j];
   while (c < C - 1 && cdf[c] <= target) ++c;
   while (c > 0 && cdf[c - 1] > target) --c;
   return c;
