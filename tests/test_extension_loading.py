@@ -31,6 +31,11 @@ def test_import_without_compiled_extension_gives_clear_message():
     assert out.stdout.strip() == "ok"
 
 
-def test_extension_loaded_here():
-    import xvae_fast as xf
-    assert xf.extension_available()
+def test_extension_loads_on_a_bare_import():
+    # `import xvae_fast` first thing in a fresh interpreter (as `python -m xvae_fast.train` does)
+    # must load the compiled ops, not fall back silently.
+    code = ("import warnings; warnings.simplefilter('error'); import xvae_fast as xf; "
+            "assert xf.extension_available(); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -42,8 +42,10 @@ def test_presets_match_spec_table():
     full = Plan.preset("full", K)
     assert all(c == CoordinatePlan("prior", "none", "prior", "transport") for c in full.coordinates)
     inter = Plan.preset("interleaved", K)
-    assert inter.coordinates[0] == CoordinatePlan("home", "none", "prior", "transport")
-    assert inter.coordinates[1] == CoordinatePlan("posterior", "row", "prior", "direct")
+    assert inter.coordinates[1] == CoordinatePlan("home", "none", "prior", "transport")
+    assert inter.coordinates[0] == CoordinatePlan("posterior", "row", "prior", "direct")
+    # floor(K / 2) transported coordinates: one at K = 3, as in the paper.
+    assert sum(c.mode == "transport" for c in Plan.preset("interleaved", 3).coordinates) == 1
     assert inter.needs_pi_q and not full.needs_pi_q
     s23, s13 = Plan.preset("split-2/3", K), Plan.preset("split-1/3", K)
     assert [c.mode for c in s23.coordinates] == ["transport"] * 4 + ["direct"] * 2

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import warnings
 
+import torch  # noqa: F401  (loads libc10/libtorch, which _C links against, before _C itself)
+
 _LOAD_ERROR = None
 try:
     from . import _C  # noqa: F401  (importing registers the ops)
@@ -24,7 +26,6 @@ def cuda_kernels_available() -> bool:
     """True when the extension was built with its CUDA kernels."""
     if _LOAD_ERROR is not None:
         return False
-    import torch
     return torch._C._dispatch_has_kernel_for_dispatch_key("xvae_fast::mixture_kl_forward", "CUDA")
 
 

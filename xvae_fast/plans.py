@@ -113,8 +113,11 @@ class Plan:
         if name == "full":
             coords = [PRIOR_TRANSPORT] * K
         elif name == "interleaved":
-            odd = CoordinatePlan("posterior", "row", "prior", "direct")
-            coords = [HOME_TRANSPORT if k % 2 == 0 else odd for k in range(K)]
+            # SPEC's "even k" counts coordinates from 1 (the paper's K = 3 interleaved model has
+            # one transported coordinate): transport at 0-based k = 1, 3, 5, ...; the rest are
+            # direct draws routed by pi_q, one component per row.
+            anchored = CoordinatePlan("posterior", "row", "prior", "direct")
+            coords = [HOME_TRANSPORT if k % 2 == 1 else anchored for k in range(K)]
         elif name in ("split-2/3", "split-1/3"):
             n = round((2 / 3 if name == "split-2/3" else 1 / 3) * K)
             coords = [PRIOR_TRANSPORT] * n + [PRIOR_DIRECT] * (K - n)

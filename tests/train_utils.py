@@ -1,0 +1,46 @@
+"""Helpers of the trainer tests: tiny runs (few steps, small data) through the real CLI entry point."""
+import contextlib
+import os
+import subprocess
+import sys
+
+import torch
+
+import xvae_fast
+
+# The bundled clusters, cut to 200 points: 160 train / 40 test, 5 steps per epoch at batch 32.
+TINY_CLUSTERS = ["--dataset", "clusters", "--limit", "200", "--batch-size", "32", "--hidden", "16,16",
+                 "--epochs-ae", "2", "--epochs-vae", "2", "--em-n-init", "1", "--no-progress"]
+TINY_DIGITS = ["--dataset", "digits", "--limit", "160", "--batch-size", "64", "--epochs-ae", "2",
+               "--epochs-vae", "2", "--em-n-init", "1", "--latent", "4", "--no-progress"]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run with one torch thread (tiny models; robust on a busy 2-core machine), then restore."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def train(*args) -> int:
+    from xvae_fast.train import main
+    with one_thread():
+        return main([str(a) for a in args])
+
+
+def cli(module, *args, timeout=300):
+    """Run `python -m module args` in a fresh interpreter; returns CompletedProcess (text)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(xvae_fast.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run([sys.executable, "-m", module] + [str(a) for a in args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def load_ck(run_dir):
+    return torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=True)

@@ -1,0 +1,27 @@
+"""Errors the trainer reports to users. The command-line tools print their message (no traceback)
+and exit with status 2 (1 for a non-finite loss)."""
+from __future__ import annotations
+
+
+class XVAEError(Exception):
+    """Base class of the trainer's user-facing errors."""
+
+
+class ConfigError(XVAEError, ValueError):
+    """A bad flag, config-file entry or combination of them."""
+
+
+class DataError(XVAEError, ValueError):
+    """Missing, unreadable or malformed data."""
+
+
+class CheckpointError(XVAEError, RuntimeError):
+    """A missing, corrupt or mismatched checkpoint."""
+
+
+class NonFiniteLossError(XVAEError, FloatingPointError):
+    """NaN or inf in the loss (or the weights) during training; the last good checkpoint is kept."""
+
+    def __init__(self, message: str, diagnostic: dict):
+        super().__init__(message)
+        self.diagnostic = diagnostic

@@ -1,0 +1,164 @@
+"""`python -m xvae_fast.train`: train X-VAE end to end (stage-1 autoencoder, prior fit, stage-2 VAE,
+outputs) and write a run folder. With no arguments it trains on the bundled digits in about a minute
+or two on a laptop CPU."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Dict, List, Optional
+
+from .config import TrainConfig, load_config_file
+from .errors import NonFiniteLossError, XVAEError
+
+EPILOG = """\
+examples:
+  python -m xvae_fast.train                                   # X-VAE (full) on the bundled digits
+  python -m xvae_fast.train --dataset clusters --plan full --out runs/clusters-full
+  python -m xvae_fast.train --dataset clusters --model vae --out runs/clusters-vae
+  python -m xvae_fast.train --dataset mnist:data/mnist --download --plan split-1/3 --device cuda
+  python -m xvae_fast.train --dataset celeba:data/celeba --plan k1-pq-np --amp bf16 --device cuda
+  python -m xvae_fast.train --config my_run.yaml --seed 7     # flags override the file
+  python -m xvae_fast.train --resume runs/clusters-full        # continue an interrupted run
+  python -m xvae_fast.sample --run runs/clusters-full --n 500 --alpha 1.2 --out samples.png
+
+configurations (--plan, SPEC.md): single, full, interleaved, split-2/3, split-1/3, k1-pp-np,
+k1-pq-np, k1-pp-nq, k1-pq-nq, or a JSON/YAML file {"coordinates": [{"route": "prior", "tie":
+"none", "source": "prior", "mode": "transport"}, ...]} with one entry per latent coordinate.
+A run folder holds config.yaml (the full resolved config; pass it back with --config to repeat the
+run), checkpoint.pt, metrics.csv/json, curves.png, reconstructions.png, samples.png,
+samples_per_row.png, alpha_sweep.png, samples.npy, prior_fit.json, summary.json and train.log.
+"""
+
+
+def _floats(text: str) -> List[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def _ints(text: str) -> List[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m xvae_fast.train", argument_default=argparse.SUPPRESS,
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Train X-VAE in two stages: a deterministic autoencoder, a prior fitted on its "
+                    "latents (single Gaussian or a K-component Gaussian mixture by EM), then the VAE "
+                    "with that frozen prior and a routed-transport configuration. Options can also come "
+                    "from a YAML/JSON file (--config); flags win over the file.")
+    g = p.add_argument_group("what to train")
+    g.add_argument("--config", metavar="FILE", help="YAML or JSON file of options (keys as below, "
+                   "with _ or -)")
+    g.add_argument("--dataset", metavar="SPEC", help="digits (default, bundled 8x8 digits), clusters "
+                   "(bundled synthetic 2-D, 3 modes), mnist:DIR (IDX files, gz or not), celeba:DIR, images:DIR, "
+                   "npy:PATH (.npy/.npz array of vectors)")
+    g.add_argument("--model", choices=["xvae", "vae"], help="xvae (two-stage X-VAE, default) or vae "
+                   "(standard VAE with N(0, I) prior, no stage 1)")
+    g.add_argument("--plan", metavar="NAME|FILE", help="X-VAE configuration: single, full (default), "
+                   "interleaved, split-2/3, split-1/3, k1-pp-np, k1-pq-np, k1-pp-nq, k1-pq-nq, or a "
+                   "custom plan file")
+    g.add_argument("--latent", type=int, metavar="K", help="latent size K, shared by AE and VAE "
+                   "(default per dataset: digits 10, clusters 3, mnist 64, celeba 256)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs-ae", type=int, metavar="N", help="stage-1 epochs (default per dataset)")
+    g.add_argument("--epochs-vae", type=int, metavar="N", help="stage-2 epochs (default per dataset)")
+    g.add_argument("--batch-size", type=int, metavar="B", help="batch size (default 128)")
+    g.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    g.add_argument("--lr-schedule", choices=["none", "cosine"], help="per-stage schedule (default none)")
+    g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip gradient norm (0: off)")
+    g.add_argument("--seed", type=int, help="seed of initialisation, shuffling and noise (default 42)")
+    g = p.add_argument_group("data")
+    g.add_argument("--split-seed", type=int, help="seed of the train/test split (default 0)")
+    g.add_argument("--test-fraction", type=float, help="test share when a split is made (default 0.2)")
+    g.add_argument("--limit", type=int, metavar="N", help="use at most N examples (quick runs)")
+    g.add_argument("--image-size", type=int, metavar="S", help="images/celeba: centre crop and resize to "
+                   "SxS (default 64)")
+    g.add_argument("--channels", type=int, choices=[1, 3], help="images/celeba: 1 grey or 3 RGB")
+    g.add_argument("--standardize", action=argparse.BooleanOptionalAction,
+                   help="z-score vector features with the training split's mean/std (default: on for npy, off for "
+                   "clusters)")
+    g.add_argument("--hidden", type=_ints, metavar="H1,H2", help="MLP hidden sizes for vector data")
+    g.add_argument("--npz-key", metavar="KEY", help="array name inside an .npz file")
+    g.add_argument("--download", action="store_true", help="mnist: download the IDX files if missing")
+    g = p.add_argument_group("prior fit")
+    g.add_argument("--prior-fit", choices=["auto", "em", "single"], help="auto: single for --plan single, "
+                   "else EM mixture")
+    g.add_argument("--em-n-init", type=int, metavar="N", help="EM restarts, best kept (default 3)")
+    g.add_argument("--em-max-iter", type=int, metavar="N", help="EM iteration cap (default 200)")
+    g.add_argument("--em-tol", type=float, help="EM convergence tolerance (default 1e-3)")
+    g.add_argument("--em-var-floor", type=float, help="variance floor, relative to the latents' mean "
+                   "variance (default 1e-4)")
+    g.add_argument("--em-weight-floor", type=float, help="minimum mixture weight before renormalising "
+                   "(default 1e-3)")
+    g.add_argument("--stage1-from", metavar="RUN_DIR", help="reuse the trained autoencoder of another "
+                   "run (same data and latent size) and skip stage 1")
+    g = p.add_argument_group("runtime and outputs")
+    g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    g.add_argument("--amp", choices=["none", "bf16"], help="mixed precision: bf16 autocast")
+    g.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: 1 for the bundled "
+                   "digits and clusters, whose nets are tiny; else torch's default)")
+    g.add_argument("--num-workers", type=int, metavar="N", help="data-loading workers for large "
+                   "image folders (default 0)")
+    g.add_argument("--out", metavar="DIR", help="run folder (default runs/<dataset>-<model>-<plan>-"
+                   "<time>)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    g.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    g.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N steps "
+                   "(always at each epoch end)")
+    g.add_argument("--stop-after", type=int, metavar="STEPS", help="stop (with a checkpoint) after this "
+                   "many optimizer steps in total; --resume continues")
+    g.add_argument("--eval-every", type=int, metavar="EPOCHS", help="test-set evaluation period "
+                   "(default 1; 0: only at the end)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g.add_argument("--tensorboard", action="store_true", help="also log to DIR/tensorboard (needs the "
+                   "tensorboard package)")
+    g.add_argument("--no-outputs", dest="outputs", action="store_false", help="skip figures and samples")
+    g.add_argument("--n-samples", type=int, metavar="N", help="samples in samples.png (default 64)")
+    g.add_argument("--alpha", type=float, help="sampling std scale for samples.png (default 1.0)")
+    g.add_argument("--alphas", type=_floats, metavar="A1,A2", help="alpha sweep values "
+                   "(default 0.5,0.8,1,1.2,1.5,2)")
+    return p
+
+
+def parse_config(argv: Optional[List[str]] = None):
+    """(TrainConfig, the set of option names the user gave) from a config file and flags."""
+    args = vars(build_parser().parse_args(argv))
+    given: Dict[str, Any] = {}
+    if "config" in args:
+        given.update({str(k).replace("-", "_"): v for k, v in load_config_file(args["config"]).items()})
+    given.update(args)
+    cfg = TrainConfig.from_dict(given)
+    return cfg, set(given) - {"config"}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        cfg, explicit = parse_config(argv)
+        from .training import train
+        result = train(cfg, explicit=explicit)
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except XVAEError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept: continue with --resume RUN_DIR",
+              file=sys.stderr)
+        return 130
+    if result.status == "stopped":
+        print(f"stopped at step {result.step}; continue with: python -m xvae_fast.train --resume "
+              f"{result.run_dir}")
+    else:
+        print(f"done: {result.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""What a finished run writes next to its checkpoint: loss curves, reconstructions, samples (per-
+coordinate and per-row routing), an alpha sweep, the raw samples, and for the synthetic clusters the
+fraction of samples that land within 3 standard deviations of a mode."""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+from .metrics import mode_fraction, nearest_mode_counts
+from .plots import plot_curves, save_image_grid, save_image_rows, save_scatter
+
+OUTPUT_SEED_OFFSET = 2_000_003
+N_RECON = 32
+N_SWEEP_IMAGES = 10
+N_SWEEP_POINTS = 600
+N_CLUSTER_SAMPLES = 2000
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@torch.no_grad()
+def write_outputs(tr) -> Dict[str, Any]:
+    """Write the figures and arrays of a trained run (`tr` is the Trainer); returns summary entries."""
+    cfg, info, vae, ae, dev = tr.cfg, tr.info, tr.vae, tr.ae, tr.device
+    out = tr.run_dir
+    seed = cfg.seed + OUTPUT_SEED_OFFSET
+    files = {}
+    vae.eval()
+    if ae is not None:
+        ae.eval()
+    title = f"{tr.model_name} on {info.name}"
+    plot_curves(tr.history, os.path.join(out, "curves.png"), title)
+    files["curves"] = "curves.png"
+
+    mixture = vae.mode == "mixture"
+    routings = ["per-coordinate", "per-row"] if mixture else ["per-coordinate"]
+    devices = [dev] if dev.type == "cuda" else []
+    result: Dict[str, Any] = {}
+
+    # reconstructions of fixed test examples (original / stage-1 AE / VAE)
+    n_rec = min(N_RECON if info.kind == "image" else 2000, len(tr.data.test))
+    x = tr.data.test.get_batch(torch.arange(n_rec)).to(dev)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        xv = vae(x)["xhat"].float()
+        xa = ae(x)[0].float() if ae is not None else None
+
+    samples = {}
+    for routing in routings:
+        g = _generator(dev, seed + 1)
+        n = cfg.n_samples if info.kind == "image" else max(cfg.n_samples, N_CLUSTER_SAMPLES)
+        samples[routing] = info.to_data_space(vae.generate(n, cfg.alpha, routing, generator=g))
+    np.save(os.path.join(out, "samples.npy"), samples["per-coordinate"].numpy())
+    files["samples_npy"] = "samples.npy"
+
+    if info.kind == "image":
+        rows = [x.cpu(), xv.cpu().clamp(0, 1)]
+        labels = ["data", "VAE"]
+        if xa is not None:
+            rows.insert(1, xa.cpu().clamp(0, 1))
+            labels.insert(1, "AE")
+        chunks = []
+        for r in rows:
+            chunks.append(r[:16])
+        save_image_rows(chunks, labels, os.path.join(out, "reconstructions.png"),
+                        "test reconstructions")
+        for routing in routings:
+            name = "samples.png" if routing == "per-coordinate" else "samples_per_row.png"
+            save_image_grid(samples[routing], os.path.join(out, name), nrow=8,
+                            title=f"samples, alpha={cfg.alpha:g}, {routing} routing")
+            files[f"samples_{routing}"] = name
+        sweep = []
+        for a in cfg.alphas:
+            g = _generator(dev, seed + 2)
+            sweep.append(info.to_data_space(vae.generate(N_SWEEP_IMAGES, a, "per-coordinate", g)))
+        save_image_rows(sweep, [f"alpha={a:g}" for a in cfg.alphas], os.path.join(out, "alpha_sweep.png"),
+                        "alpha sweep (same noise, per-coordinate routing)")
+    else:
+        data_np = info.to_data_space(x).numpy()
+        sets = [data_np, info.to_data_space(xv).numpy()]
+        labels = ["data (test)", "VAE"]
+        if xa is not None:
+            sets.insert(1, info.to_data_space(xa).numpy())
+            labels.insert(1, "AE")
+        save_scatter(sets, labels, os.path.join(out, "reconstructions.png"), "test reconstructions",
+                     panels=True, reference=data_np)
+        for routing in routings:
+            name = "samples.png" if routing == "per-coordinate" else "samples_per_row.png"
+            save_scatter([data_np, samples[routing].numpy()], ["data (test)", "samples"],
+                         os.path.join(out, name), f"samples, alpha={cfg.alpha:g}, {routing} routing")
+            files[f"samples_{routing}"] = name
+        sweep = []
+        for a in cfg.alphas:
+            g = _generator(dev, seed + 2)
+            sweep.append(info.to_data_space(vae.generate(N_SWEEP_POINTS, a, "per-coordinate", g)).numpy())
+        save_scatter(sweep, [f"alpha={a:g}" for a in cfg.alphas], os.path.join(out, "alpha_sweep.png"),
+                     "alpha sweep (per-coordinate routing)", panels=True, reference=data_np)
+        if "centres" in info.extra:
+            c, s = info.extra["centres"], info.extra["stds"]
+            result["clusters"] = {
+                "within_3std_data": mode_fraction(data_np, c, s),
+                "within_3std_samples": {r: mode_fraction(samples[r].numpy(), c, s) for r in routings},
+                "samples_per_mode": {r: nearest_mode_counts(samples[r].numpy(), c, s) for r in routings},
+                "within_3std_reconstructions": mode_fraction(info.to_data_space(xv).numpy(), c, s),
+                "recon_mse_data_units": float(((info.to_data_space(xv) - info.to_data_space(x)) ** 2)
+                                              .sum(1).mean()),
+                "n_samples": int(samples["per-coordinate"].shape[0]),
+            }
+    files["reconstructions"] = "reconstructions.png"
+    files["alpha_sweep"] = "alpha_sweep.png"
+    vae.train()
+    if ae is not None:
+        ae.train()
+    result["files"] = files
+    return result

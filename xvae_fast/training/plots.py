@@ -1,0 +1,156 @@
+"""Figures a run writes: loss curves (like the paper's Figures 5-6), image grids and scatter plots.
+matplotlib runs with the Agg backend (no display needed)."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _series(history: List[Dict], stage: str, key: str):
+    xs, ys = [], []
+    for r in history:
+        if r.get("stage") == stage and r.get(key) is not None:
+            xs.append(r["epoch"])
+            ys.append(r[key])
+    return xs, ys
+
+
+def plot_curves(history: List[Dict], path: str, title: str = "") -> None:
+    """Stage-2 training curves: total / reconstruction / KL (with its categorical and Gaussian
+    parts) against epoch, train and test; the stage-1 autoencoder's reconstruction in a fourth
+    panel when there is one."""
+    plt = _plt()
+    has_ae = any(r.get("stage") == "ae" for r in history)
+    ncols = 4 if has_ae else 3
+    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.4))
+    panels = [("total objective", "loss"), ("reconstruction (MSE, sum)", "recon"), ("KL", "kl")]
+    for ax, (name, key) in zip(axes, panels):
+        for split, style in (("train", "-"), ("test", "--")):
+            xs, ys = _series(history, "vae", f"{split}_{key}")
+            if xs:
+                ax.plot(xs, ys, style, marker="o", ms=2.5, label=split)
+        if key == "kl":
+            for part, color in (("kl_cat", "tab:green"), ("kl_gauss", "tab:red")):
+                xs, ys = _series(history, "vae", f"train_{part}")
+                if xs and any(abs(y) > 0 for y in ys):
+                    ax.plot(xs, ys, ":", color=color, label=f"train {part[3:]}")
+        ax.set_title(name)
+        ax.set_xlabel("epoch (stage 2)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if has_ae:
+        ax = axes[3]
+        for split, style in (("train", "-"), ("test", "--")):
+            xs, ys = _series(history, "ae", f"{split}_recon")
+            if xs:
+                ax.plot(xs, ys, style, marker="o", ms=2.5, label=split)
+        ax.set_title("stage 1 autoencoder (MSE, sum)")
+        ax.set_xlabel("epoch (stage 1)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def image_grid(images: torch.Tensor, nrow: int, pad: int = 1, upscale: int = 1) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> an (H', W', 3) float array laid out nrow images per row."""
+    x = images.detach().float().cpu().clamp(0, 1)
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    if upscale > 1:
+        x = x.repeat_interleave(upscale, 2).repeat_interleave(upscale, 3)
+    n, c, h, w = x.shape
+    ncol = nrow
+    rows = (n + ncol - 1) // ncol
+    grid = np.ones(((h + pad) * rows + pad, (w + pad) * ncol + pad, 3), dtype=np.float32)
+    for i in range(n):
+        r, cidx = divmod(i, ncol)
+        y0, x0 = pad + r * (h + pad), pad + cidx * (w + pad)
+        grid[y0:y0 + h, x0:x0 + w] = x[i].permute(1, 2, 0).numpy()
+    return grid
+
+
+def _upscale_for(h: int) -> int:
+    return max(1, 48 // h)
+
+
+def save_image_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: str, title: str = "") -> None:
+    """Rows of images (each (N, C, H, W)), one labelled band per row."""
+    plt = _plt()
+    h = rows[0].shape[2]
+    up = _upscale_for(h)
+    ncol = max(r.shape[0] for r in rows)
+    grids = [image_grid(r, ncol, upscale=up) for r in rows]
+    fig_h = sum(g.shape[0] for g in grids) / 80 + 0.6
+    fig, axes = plt.subplots(len(rows), 1, figsize=(max(4, grids[0].shape[1] / 80 + 1.2), fig_h),
+                             squeeze=False)
+    for ax, g, lab in zip(axes[:, 0], grids, labels):
+        ax.imshow(g, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(lab, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_image_grid(images: torch.Tensor, path: str, nrow: int = 8, title: str = "") -> None:
+    plt = _plt()
+    g = image_grid(images, nrow, upscale=_upscale_for(images.shape[2]))
+    fig, ax = plt.subplots(figsize=(g.shape[1] / 80 + 0.4, g.shape[0] / 80 + 0.6))
+    ax.imshow(g, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _xy(x: np.ndarray):
+    x = np.asarray(x)
+    if x.shape[1] == 1:
+        return x[:, 0], np.zeros(len(x))
+    return x[:, 0], x[:, 1]
+
+
+def save_scatter(sets: Sequence[np.ndarray], labels: Sequence[str], path: str, title: str = "",
+                 panels: bool = False, reference: Optional[np.ndarray] = None) -> None:
+    """Scatter plots of 2-D vector data (the first two features of wider data). With panels=True,
+    one panel per set, each over the `reference` points in grey."""
+    plt = _plt()
+    dim_note = "" if sets[0].shape[1] <= 2 else f" (features 1-2 of {sets[0].shape[1]})"
+    if panels:
+        n = len(sets)
+        fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.4), squeeze=False, sharex=True, sharey=True)
+        for ax, s, lab in zip(axes[0], sets, labels):
+            if reference is not None:
+                ax.scatter(*_xy(reference), s=3, c="0.8", label="data")
+            ax.scatter(*_xy(s), s=3, c="tab:blue")
+            ax.set_title(lab, fontsize=9)
+            ax.set_aspect("equal", adjustable="box")
+    else:
+        fig, ax = plt.subplots(figsize=(4.6, 4.2))
+        colors = ["0.75", "tab:blue", "tab:orange", "tab:green", "tab:red"]
+        for i, (s, lab) in enumerate(zip(sets, labels)):
+            ax.scatter(*_xy(s), s=4, c=colors[i % len(colors)], label=lab)
+        ax.legend(fontsize=8, markerscale=3)
+        ax.set_aspect("equal", adjustable="datalim")
+    fig.suptitle(title + dim_note, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
