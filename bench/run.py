@@ -10,7 +10,8 @@ max_memory_allocated above the inputs; CPU: the peak of bytes allocated during o
 profiler's allocation events) and its effective bandwidth: the bytes the op must read and write,
 divided by its time, as a fraction of this device's copy bandwidth measured in the same run.
 torch.compile compiles once per (op, dtype, pass) with dynamic shapes; its compile time is reported
-separately and is not in the per-call figure. Writes JSON and a Markdown table under --out.
+separately and is not in the per-call figure. An end-to-end figure times a stage-2 training step
+with the fused ops vs the reference ops. Writes JSON and a Markdown table under --out.
 """
 from __future__ import annotations
 
@@ -208,8 +209,10 @@ def run(args) -> dict:
                               f"  x{r['speedup_vs_eager']:6.2f} eager"
                               + (f"  x{r['speedup_vs_compile']:6.2f} compile" if r.get("speedup_vs_compile") else "")
                               + f"  bw {100 * r['bandwidth_fraction']:5.1f}%", flush=True)
+    e2e = [] if args.no_e2e else end_to_end(device, args.repeats)
     return {
         "machine": machine_info(device),
+        "end_to_end": e2e,
         "command": "python " + " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "copy_bandwidth_GBps": bw / 1e9,
@@ -247,6 +250,41 @@ def measure(case: Case, backward: bool, device, bw, args, compiled, compile_seco
     return row
 
 
+# ---- end to end ------------------------------------------------------------------------------------
+E2E_SETUPS = [  # (name, kind, per-example shape, K, batch)
+    ("clusters MLP, K=3", "vector", (2,), 3, 128),
+    ("MNIST-shaped conv, K=64", "image", (1, 28, 28), 64, 128),
+]
+
+
+def end_to_end(device: torch.device, repeats: int) -> List[dict]:
+    """Time per stage-2 training step (forward, backward, Adam) of the X-VAE (plan `full`) with the
+    fused ops vs the reference ops, on the same model, data and prior."""
+    from xvae_fast.models.vae import VAE
+    from xvae_fast.plans import Plan
+    rows = []
+    for name, kind, shape, K, batch in E2E_SETUPS:
+        times = {}
+        for label, ops in (("fused", xf), ("reference", R)):
+            torch.manual_seed(0)
+            model = VAE(kind, shape, K, "mixture", Plan.preset("full", K), ops=ops).to(device)
+            model.set_prior(make_prior(K, device))
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            x = torch.rand(batch, *shape, device=device)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                model.loss(x)["loss"].backward()
+                opt.step()
+            times[label] = median_seconds(step, device, repeats)
+        rows.append(dict(setup=name, batch=batch, fused_ms=times["fused"] * 1e3,
+                         reference_ms=times["reference"] * 1e3,
+                         speedup=times["reference"] / times["fused"]))
+        print(f"end-to-end {name}: fused {times['fused'] * 1e3:.2f} ms/step, reference "
+              f"{times['reference'] * 1e3:.2f} ms/step ({rows[-1]['speedup']:.2f}x)", flush=True)
+    return rows
+
+
 def machine_info(device) -> dict:
     info = dict(python=platform.python_version(), torch=torch.__version__, platform=platform.platform(),
                 processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
@@ -275,6 +313,11 @@ def to_markdown(report: dict) -> str:
                     f"{r['speedup_vs_eager']:.2f}x | {comp} | {r['bandwidth_GBps']:.1f} GB/s "
                     f"({100 * r['bandwidth_fraction']:.0f}%) | {r['fused_peak_bytes'] / 2**20:.2f} / "
                     f"{r['eager_peak_bytes'] / 2**20:.2f} |")
+    if report.get("end_to_end"):
+        head += ["", "End to end, stage-2 X-VAE (plan `full`) training step, batch 128:", "",
+                 "| setup | fused ms/step | reference ms/step | speedup |", "|---|---:|---:|---:|"]
+        head += [f"| {r['setup']} | {r['fused_ms']:.2f} | {r['reference_ms']:.2f} | {r['speedup']:.2f}x |"
+                 for r in report["end_to_end"]]
     if report["compile_seconds"]:
         head += ["", "torch.compile time (first call, s): " + ", ".join(
             f"{k} {v:.1f}" for k, v in report["compile_seconds"].items())]
@@ -291,6 +334,7 @@ def main(argv=None):
     ap.add_argument("--dtypes", nargs="*", default=None, help="float32 bfloat16 ...")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end training-step figure")
     ap.add_argument("--out", default="bench/results", help="folder for JSON and Markdown")
     args = ap.parse_args(argv)
     if args.dtypes is None:

@@ -24,3 +24,7 @@ def test_bench_writes_json_and_markdown(tmp_path):
     assert report["copy_bandwidth_GBps"] > 0
     md = (tmp_path / "full-cpu.md").read_text()
     assert "| mixture_kl | float32 | 64 | 3 | fwd+bwd |" in md and "Command:" in md
+    e2e = report["end_to_end"]
+    assert [r["setup"] for r in e2e] == ["clusters MLP, K=3", "MNIST-shaped conv, K=64"]
+    assert all(r["fused_ms"] > 0 and r["reference_ms"] > 0 for r in e2e)
+    assert "| clusters MLP, K=3 |" in md
