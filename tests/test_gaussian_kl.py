@@ -75,6 +75,8 @@ def test_empty_and_bad_inputs():
         xf.gaussian_kl(mu, lv, pm[:2], ps)
     with pytest.raises(ValueError, match="logvar has shape"):
         xf.gaussian_kl(mu, lv[:1], pm, ps)
+    with pytest.raises(ValueError, match="prior_mean is on meta but mu is on cpu"):
+        xf.gaussian_kl(mu, lv, pm.to("meta"), ps)
     with pytest.raises(ValueError, match="prior_mean requires grad"):
         xf.gaussian_kl(mu, lv, pm.clone().requires_grad_(), ps)
     with pytest.raises(ValueError, match="prior_std contains NaN"):

@@ -164,3 +164,9 @@ def test_bad_inputs():
         xf.mixture_kl(l, mu, lv, wide)
     with pytest.raises(ValueError, match="must have shape \\(B, K\\)"):
         xf.mixture_kl(l[0], mu, lv, prior)
+    # Devices (the meta device stands in for a second device on a CPU-only machine).
+    with pytest.raises(ValueError, match="logvar is on meta but logits is on cpu"):
+        xf.mixture_kl(l, mu, lv.to("meta"), prior)
+    lm, mm, vm = (t.to("meta") for t in (l, mu, lv))
+    with pytest.raises(ValueError, match="the prior is on cpu but mu is on meta"):
+        xf.mixture_kl(lm, mm, vm, prior)

@@ -221,6 +221,10 @@ def test_bad_inputs():
         xf.routed_transport(mu, lv[:2], prior, "full")
     with pytest.raises(TypeError, match="logvar has dtype"):
         xf.routed_transport(mu, lv.float(), prior, "full")
+    with pytest.raises(ValueError, match="logvar is on meta but mu is on cpu"):
+        xf.routed_transport(mu, lv.to("meta"), prior, "full")
+    with pytest.raises(ValueError, match="pi_q is on meta but mu is on cpu"):
+        xf.routed_transport(mu, lv, prior, "k1-pq-np", pi_q=torch.ones(K, device="meta") / K)
     with pytest.raises(ValueError, match="mu has 3 latent coordinates, but the prior has K = 4"):
         xf.routed_transport(mu[:, :3], lv[:, :3], prior, "full")
     with pytest.raises(ValueError, match="pi_q must sum to 1"):
