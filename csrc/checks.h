@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <optional>
+
 namespace xvae {
 
 inline void check_floating(const at::Tensor& t, const char* name) {
@@ -52,6 +54,100 @@ inline void check_grad(const at::Tensor& g, const char* name, int64_t reduction,
   } else {
     TORCH_CHECK(g.numel() == 1, "xvae_fast: ", name, " must be a scalar, got ", g.sizes());
   }
+}
+
+// ---- per-op argument checks, shared by the CPU and CUDA launchers ---------------------------------
+
+inline void check_mixture_kl_args(const at::Tensor& logits, const at::Tensor& mu,
+                                  const at::Tensor& logvar, const at::Tensor& log_pi_p,
+                                  const at::Tensor& prior_mean, const at::Tensor& prior_std,
+                                  int64_t reduction) {
+  check_floating(logits, "logits");
+  check_batch(mu, "mu", logits);
+  check_batch(logvar, "logvar", logits);
+  check_reduction(reduction);
+  const int64_t K = logits.size(1);
+  check_param(log_pi_p, "log_pi_p", {K}, logits);
+  check_param(prior_mean, "prior_mean", {K}, logits);
+  check_param(prior_std, "prior_std", {K}, logits);
+}
+
+inline void check_mixture_kl_backward_args(
+    const at::Tensor& g_total, const at::Tensor& g_cat, const at::Tensor& g_gauss,
+    const at::Tensor& logits, const at::Tensor& mu, const at::Tensor& logvar,
+    const at::Tensor& log_pi_p, const at::Tensor& prior_mean, const at::Tensor& prior_std,
+    const at::Tensor& pi_q, const at::Tensor& kln_colsum, int64_t reduction) {
+  check_mixture_kl_args(logits, mu, logvar, log_pi_p, prior_mean, prior_std, reduction);
+  const int64_t B = logits.size(0), K = logits.size(1);
+  check_param(pi_q, "pi_q", {K}, logits);
+  check_param(kln_colsum, "kln_colsum", {K}, logits);
+  check_grad(g_total, "grad_total", reduction, B);
+  check_grad(g_cat, "grad_categorical", reduction, B);
+  check_grad(g_gauss, "grad_gaussian", reduction, B);
+}
+
+inline void check_gaussian_kl_args(const at::Tensor& mu, const at::Tensor& logvar,
+                                   const at::Tensor& prior_mean, const at::Tensor& prior_std,
+                                   int64_t reduction) {
+  check_floating(mu, "mu");
+  check_batch(logvar, "logvar", mu);
+  check_reduction(reduction);
+  const int64_t K = mu.size(1);
+  check_param(prior_mean, "prior_mean", {K}, mu);
+  check_param(prior_std, "prior_std", {K}, mu);
+}
+
+inline void check_plan(const at::Tensor& plan, int64_t K, int64_t num_posterior,
+                       const at::Tensor& ref) {
+  TORCH_CHECK(plan.dim() == 1 && plan.size(0) == K && plan.scalar_type() == at::kInt,
+              "xvae_fast: plan must be a (K,) int32 tensor of plan codes with K = ", K, ", got ",
+              plan.sizes(), " ", plan.scalar_type());
+  TORCH_CHECK(plan.device() == ref.device(), "xvae_fast: plan is on ", plan.device(),
+              ", expected ", ref.device());
+  TORCH_CHECK(num_posterior >= 0 && num_posterior <= K, "xvae_fast: num_posterior out of range");
+}
+
+inline void check_routed_transport_args(const at::Tensor& mu, const at::Tensor& logvar,
+                                        const at::Tensor& means, const at::Tensor& stds,
+                                        const at::Tensor& pi_p,
+                                        const std::optional<at::Tensor>& pi_q,
+                                        const at::Tensor& plan, int64_t num_posterior) {
+  check_floating(mu, "mu");
+  check_batch(logvar, "logvar", mu);
+  const int64_t K = mu.size(1);
+  check_param(means, "means", {K, K}, mu);
+  check_param(stds, "stds", {K, K}, mu);
+  check_param(pi_p, "pi_p", {K}, mu);
+  if (pi_q.has_value()) check_param(*pi_q, "pi_q", {K}, mu);
+  check_plan(plan, K, num_posterior, mu);
+}
+
+inline void check_routed_transport_backward_args(const at::Tensor& grad_z, const at::Tensor& z,
+                                                 const at::Tensor& mu, const at::Tensor& comp,
+                                                 const at::Tensor& plan) {
+  check_floating(mu, "mu");
+  check_batch(grad_z, "grad_z", mu);
+  check_batch(z, "z", mu);
+  TORCH_CHECK(comp.dim() == 2 && comp.size(0) == mu.size(0), "xvae_fast: comp must be (B, P)");
+  TORCH_CHECK(comp.scalar_type() == at::kShort || comp.scalar_type() == at::kInt,
+              "xvae_fast: comp must be int16 or int32, got ", comp.scalar_type());
+  TORCH_CHECK(comp.device() == mu.device(), "xvae_fast: comp is on ", comp.device(),
+              ", expected ", mu.device());
+  check_plan(plan, mu.size(1), comp.size(1), mu);
+}
+
+// sample_prior's prior tables: means and stds (C, K) float32/float64, weights pi_p (C,).
+inline void check_prior_tables(const at::Tensor& means, const at::Tensor& stds,
+                               const at::Tensor& pi_p) {
+  TORCH_CHECK(means.dim() == 2, "xvae_fast: means must be (C, K), got ", means.sizes());
+  TORCH_CHECK(means.scalar_type() == at::kFloat || means.scalar_type() == at::kDouble,
+              "xvae_fast: means must be float32 or float64, got ", means.scalar_type());
+  TORCH_CHECK(stds.sizes() == means.sizes() && stds.scalar_type() == means.scalar_type() &&
+                  stds.device() == means.device(),
+              "xvae_fast: stds must match means in shape, dtype and device");
+  TORCH_CHECK(pi_p.dim() == 1 && pi_p.size(0) == means.size(0) &&
+                  pi_p.scalar_type() == means.scalar_type() && pi_p.device() == means.device(),
+              "xvae_fast: pi_p must be (C,) with the dtype and device of means");
 }
 
 }  // namespace xvae

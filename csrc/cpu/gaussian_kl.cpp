@@ -10,12 +10,8 @@ namespace {
 at::Tensor gaussian_kl_forward_cpu(const at::Tensor& mu_in, const at::Tensor& logvar_in,
                                    const at::Tensor& prior_mean, const at::Tensor& prior_std,
                                    int64_t reduction) {
-  check_floating(mu_in, "mu");
-  check_batch(logvar_in, "logvar", mu_in);
-  check_reduction(reduction);
+  check_gaussian_kl_args(mu_in, logvar_in, prior_mean, prior_std, reduction);
   const int64_t B = mu_in.size(0), K = mu_in.size(1);
-  check_param(prior_mean, "prior_mean", {K}, mu_in);
-  check_param(prior_std, "prior_std", {K}, mu_in);
   at::Tensor rows = at::zeros({B}, mu_in.options().dtype(acc_dtype_of(mu_in)));
   if (B > 0 && K > 0) {
     auto mu = mu_in.contiguous(), logvar = logvar_in.contiguous();
@@ -57,12 +53,8 @@ std::tuple<at::Tensor, at::Tensor> gaussian_kl_backward_cpu(const at::Tensor& gr
                                                             const at::Tensor& prior_mean,
                                                             const at::Tensor& prior_std,
                                                             int64_t reduction) {
-  check_floating(mu_in, "mu");
-  check_batch(logvar_in, "logvar", mu_in);
-  check_reduction(reduction);
+  check_gaussian_kl_args(mu_in, logvar_in, prior_mean, prior_std, reduction);
   const int64_t B = mu_in.size(0), K = mu_in.size(1);
-  check_param(prior_mean, "prior_mean", {K}, mu_in);
-  check_param(prior_std, "prior_std", {K}, mu_in);
   check_grad(grad, "grad", reduction, B);
   at::Tensor dmu = at::empty({B, K}, mu_in.options()), dlv = at::empty({B, K}, mu_in.options());
   if (B == 0 || K == 0) return {dmu, dlv};

@@ -250,14 +250,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_k
                                                const at::Tensor& log_pi_p,
                                                const at::Tensor& prior_mean,
                                                const at::Tensor& prior_std, int64_t reduction) {
-  check_floating(logits_in, "logits");
-  check_batch(mu_in, "mu", logits_in);
-  check_batch(logvar_in, "logvar", logits_in);
-  check_reduction(reduction);
+  check_mixture_kl_args(logits_in, mu_in, logvar_in, log_pi_p, prior_mean, prior_std, reduction);
   const int64_t B = logits_in.size(0), K = logits_in.size(1);
-  check_param(log_pi_p, "log_pi_p", {K}, logits_in);
-  check_param(prior_mean, "prior_mean", {K}, logits_in);
-  check_param(prior_std, "prior_std", {K}, logits_in);
   auto opts = logits_in.options();
   auto acc_opts = opts.dtype(acc_dtype_of(logits_in));
   std::vector<int64_t> out_shape = reduction == kNone ? std::vector<int64_t>{B} : std::vector<int64_t>{};
@@ -278,16 +272,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixture_kl_backward_cpu(
     const at::Tensor& logits_in, const at::Tensor& mu_in, const at::Tensor& logvar_in,
     const at::Tensor& log_pi_p, const at::Tensor& prior_mean, const at::Tensor& prior_std,
     const at::Tensor& pi_q, const at::Tensor& kln_colsum, int64_t reduction) {
-  check_floating(logits_in, "logits");
-  check_batch(mu_in, "mu", logits_in);
-  check_batch(logvar_in, "logvar", logits_in);
-  check_reduction(reduction);
+  check_mixture_kl_backward_args(g_total, g_cat, g_gauss, logits_in, mu_in, logvar_in,
+                                 log_pi_p, prior_mean, prior_std, pi_q, kln_colsum, reduction);
   const int64_t B = logits_in.size(0), K = logits_in.size(1);
-  for (auto* p : {&log_pi_p, &prior_mean, &prior_std, &pi_q, &kln_colsum})
-    check_param(*p, "prior/statistics tensor", {K}, logits_in);
-  check_grad(g_total, "grad_total", reduction, B);
-  check_grad(g_cat, "grad_categorical", reduction, B);
-  check_grad(g_gauss, "grad_gaussian", reduction, B);
   at::Tensor dl = at::empty({B, K}, logits_in.options());
   at::Tensor dm = at::empty({B, K}, logits_in.options());
   at::Tensor dv = at::empty({B, K}, logits_in.options());

@@ -9,18 +9,6 @@
 namespace xvae {
 namespace {
 
-void check_prior(const at::Tensor& means, const at::Tensor& stds, const at::Tensor& pi_p) {
-  TORCH_CHECK(means.dim() == 2, "xvae_fast: means must be (C, K), got ", means.sizes());
-  TORCH_CHECK(means.scalar_type() == at::kFloat || means.scalar_type() == at::kDouble,
-              "xvae_fast: means must be float32 or float64, got ", means.scalar_type());
-  TORCH_CHECK(stds.sizes() == means.sizes() && stds.scalar_type() == means.scalar_type() &&
-                  stds.device() == means.device(),
-              "xvae_fast: stds must match means in shape, dtype and device");
-  TORCH_CHECK(pi_p.dim() == 1 && pi_p.size(0) == means.size(0) &&
-                  pi_p.scalar_type() == means.scalar_type() && pi_p.device() == means.device(),
-              "xvae_fast: pi_p must be (C,) with the dtype and device of means");
-}
-
 // Calls f(i, k, c, eta) for every element of an n x K prior draw.
 template <typename acc_t, typename F>
 void for_each_prior_draw(uint64_t seed, uint64_t offset, int64_t n, int64_t K,
@@ -45,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor> sample_prior_cpu(const at::Tensor& means_in,
                                                     const at::Tensor& pi_p, int64_t n, double alpha,
                                                     bool per_row,
                                                     std::optional<at::Generator> generator) {
-  check_prior(means_in, stds_in, pi_p);
+  check_prior_tables(means_in, stds_in, pi_p);
   TORCH_CHECK(n >= 0, "xvae_fast: n must be >= 0, got ", n);
   const int64_t C = means_in.size(0), K = means_in.size(1);
   const auto so = cpu_seed_offset(generator);
@@ -75,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> sample_prior_backward_cpu(const at::Tensor& g
                                                              const at::Tensor& stds,
                                                              const at::Tensor& pi_p, double alpha,
                                                              bool per_row) {
-  check_prior(means, stds, pi_p);
+  check_prior_tables(means, stds, pi_p);
   const int64_t C = means.size(0), K = means.size(1);
   TORCH_CHECK(grad_z.dim() == 2 && grad_z.size(1) == K && grad_z.scalar_type() == means.scalar_type(),
               "xvae_fast: grad_z must be (n, K) with the dtype of means");

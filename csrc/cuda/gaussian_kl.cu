@@ -63,12 +63,8 @@ __global__ void gaussian_kl_backward_kernel(const acc_t* __restrict__ g, bool pe
 at::Tensor gaussian_kl_forward_cuda(const at::Tensor& mu_in, const at::Tensor& logvar_in,
                                     const at::Tensor& prior_mean, const at::Tensor& prior_std,
                                     int64_t reduction) {
-  check_floating(mu_in, "mu");
-  check_batch(logvar_in, "logvar", mu_in);
-  check_reduction(reduction);
+  check_gaussian_kl_args(mu_in, logvar_in, prior_mean, prior_std, reduction);
   const int64_t B = mu_in.size(0), K = mu_in.size(1);
-  check_param(prior_mean, "prior_mean", {K}, mu_in);
-  check_param(prior_std, "prior_std", {K}, mu_in);
   const c10::cuda::CUDAGuard guard(mu_in.device());
   std::vector<int64_t> out_shape =
       reduction == kReduceNone ? std::vector<int64_t>{B} : std::vector<int64_t>{};
@@ -104,12 +100,8 @@ std::tuple<at::Tensor, at::Tensor> gaussian_kl_backward_cuda(const at::Tensor& g
                                                              const at::Tensor& prior_mean,
                                                              const at::Tensor& prior_std,
                                                              int64_t reduction) {
-  check_floating(mu_in, "mu");
-  check_batch(logvar_in, "logvar", mu_in);
-  check_reduction(reduction);
+  check_gaussian_kl_args(mu_in, logvar_in, prior_mean, prior_std, reduction);
   const int64_t B = mu_in.size(0), K = mu_in.size(1);
-  check_param(prior_mean, "prior_mean", {K}, mu_in);
-  check_param(prior_std, "prior_std", {K}, mu_in);
   check_grad(grad, "grad", reduction, B);
   const c10::cuda::CUDAGuard guard(mu_in.device());
   at::Tensor dmu = at::empty({B, K}, mu_in.options()), dlv = at::empty({B, K}, mu_in.options());

@@ -265,14 +265,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_k
     const at::Tensor& logits_in, const at::Tensor& mu_in, const at::Tensor& logvar_in,
     const at::Tensor& log_pi_p, const at::Tensor& prior_mean, const at::Tensor& prior_std,
     int64_t reduction) {
-  check_floating(logits_in, "logits");
-  check_batch(mu_in, "mu", logits_in);
-  check_batch(logvar_in, "logvar", logits_in);
-  check_reduction(reduction);
+  check_mixture_kl_args(logits_in, mu_in, logvar_in, log_pi_p, prior_mean, prior_std, reduction);
   const int64_t B = logits_in.size(0), K = logits_in.size(1);
-  check_param(log_pi_p, "log_pi_p", {K}, logits_in);
-  check_param(prior_mean, "prior_mean", {K}, logits_in);
-  check_param(prior_std, "prior_std", {K}, logits_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   auto opts = logits_in.options();
   auto acc_opts = opts.dtype(acc_dtype_of(logits_in));
@@ -337,16 +331,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixture_kl_backward_cuda(
     const at::Tensor& logits_in, const at::Tensor& mu_in, const at::Tensor& logvar_in,
     const at::Tensor& log_pi_p, const at::Tensor& prior_mean, const at::Tensor& prior_std,
     const at::Tensor& pi_q_in, const at::Tensor& kln_colsum_in, int64_t reduction) {
-  check_floating(logits_in, "logits");
-  check_batch(mu_in, "mu", logits_in);
-  check_batch(logvar_in, "logvar", logits_in);
-  check_reduction(reduction);
+  check_mixture_kl_backward_args(g_total_in, g_cat_in, g_gauss_in, logits_in, mu_in, logvar_in,
+                                 log_pi_p, prior_mean, prior_std, pi_q_in, kln_colsum_in, reduction);
   const int64_t B = logits_in.size(0), K = logits_in.size(1);
-  for (auto* p : {&log_pi_p, &prior_mean, &prior_std, &pi_q_in, &kln_colsum_in})
-    check_param(*p, "prior/statistics tensor", {K}, logits_in);
-  check_grad(g_total_in, "grad_total", reduction, B);
-  check_grad(g_cat_in, "grad_categorical", reduction, B);
-  check_grad(g_gauss_in, "grad_gaussian", reduction, B);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   at::Tensor dl = at::empty({B, K}, logits_in.options());
   at::Tensor dm = at::empty({B, K}, logits_in.options());

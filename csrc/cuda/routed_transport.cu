@@ -159,27 +159,12 @@ __global__ void draw_noise_kernel(const int64_t* __restrict__ rng_state, int64_t
   }
 }
 
-void check_plan(const at::Tensor& plan, int64_t K, int64_t num_posterior, const at::Tensor& ref) {
-  TORCH_CHECK(plan.dim() == 1 && plan.size(0) == K && plan.scalar_type() == at::kInt,
-              "xvae_fast: plan must be a (K,) int32 tensor of plan codes with K = ", K, ", got ",
-              plan.sizes(), " ", plan.scalar_type());
-  TORCH_CHECK(plan.device() == ref.device(), "xvae_fast: plan is on ", plan.device(),
-              ", expected ", ref.device());
-  TORCH_CHECK(num_posterior >= 0 && num_posterior <= K, "xvae_fast: num_posterior out of range");
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_transport_cuda(
     const at::Tensor& mu_in, const at::Tensor& logvar_in, const at::Tensor& means,
     const at::Tensor& stds, const at::Tensor& pi_p, const std::optional<at::Tensor>& pi_q,
     const at::Tensor& plan_in, int64_t num_posterior, std::optional<at::Generator> generator) {
-  check_floating(mu_in, "mu");
-  check_batch(logvar_in, "logvar", mu_in);
+  check_routed_transport_args(mu_in, logvar_in, means, stds, pi_p, pi_q, plan_in, num_posterior);
   const int64_t B = mu_in.size(0), K = mu_in.size(1);
-  check_param(means, "means", {K, K}, mu_in);
-  check_param(stds, "stds", {K, K}, mu_in);
-  check_param(pi_p, "pi_p", {K}, mu_in);
-  if (pi_q.has_value()) check_param(*pi_q, "pi_q", {K}, mu_in);
-  check_plan(plan_in, K, num_posterior, mu_in);
   // The plan codes themselves are validated by the Python API (reading them here would sync).
   const c10::cuda::CUDAGuard guard(mu_in.device());
   const at::PhiloxCudaState philox_args = cuda_philox_state(generator, mu_in.device().index());
@@ -228,16 +213,8 @@ std::tuple<at::Tensor, at::Tensor> routed_transport_backward_cuda(const at::Tens
                                                                   const at::Tensor& mu,
                                                                   const at::Tensor& comp,
                                                                   const at::Tensor& plan_in) {
-  check_floating(mu, "mu");
-  check_batch(grad_z, "grad_z", mu);
-  check_batch(z, "z", mu);
+  check_routed_transport_backward_args(grad_z, z, mu, comp, plan_in);
   const int64_t B = mu.size(0), K = mu.size(1);
-  TORCH_CHECK(comp.dim() == 2 && comp.size(0) == B, "xvae_fast: comp must be (B, P)");
-  TORCH_CHECK(comp.scalar_type() == at::kShort || comp.scalar_type() == at::kInt,
-              "xvae_fast: comp must be int16 or int32, got ", comp.scalar_type());
-  TORCH_CHECK(comp.device() == mu.device(), "xvae_fast: comp is on ", comp.device(),
-              ", expected ", mu.device());
-  check_plan(plan_in, K, comp.size(1), mu);
   const c10::cuda::CUDAGuard guard(mu.device());
   at::Tensor dmu = at::empty({B, K}, mu.options()), dlv = at::empty({B, K}, mu.options());
   if (B == 0 || K == 0) return {dmu, dlv};

@@ -92,24 +92,12 @@ __global__ void sample_prior_backward_kernel(const scalar_t* __restrict__ g,
   }
 }
 
-void check_prior(const at::Tensor& means, const at::Tensor& stds, const at::Tensor& pi_p) {
-  TORCH_CHECK(means.dim() == 2, "xvae_fast: means must be (C, K), got ", means.sizes());
-  TORCH_CHECK(means.scalar_type() == at::kFloat || means.scalar_type() == at::kDouble,
-              "xvae_fast: means must be float32 or float64, got ", means.scalar_type());
-  TORCH_CHECK(stds.sizes() == means.sizes() && stds.scalar_type() == means.scalar_type() &&
-                  stds.device() == means.device(),
-              "xvae_fast: stds must match means in shape, dtype and device");
-  TORCH_CHECK(pi_p.dim() == 1 && pi_p.size(0) == means.size(0) &&
-                  pi_p.scalar_type() == means.scalar_type() && pi_p.device() == means.device(),
-              "xvae_fast: pi_p must be (C,) with the dtype and device of means");
-}
-
 std::tuple<at::Tensor, at::Tensor> sample_prior_cuda(const at::Tensor& means_in,
                                                      const at::Tensor& stds_in,
                                                      const at::Tensor& pi_p, int64_t n,
                                                      double alpha, bool per_row,
                                                      std::optional<at::Generator> generator) {
-  check_prior(means_in, stds_in, pi_p);
+  check_prior_tables(means_in, stds_in, pi_p);
   TORCH_CHECK(n >= 0, "xvae_fast: n must be >= 0, got ", n);
   const int64_t C = means_in.size(0), K = means_in.size(1);
   const c10::cuda::CUDAGuard guard(means_in.device());
@@ -140,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor> sample_prior_backward_cuda(const at::Tensor& 
                                                               const at::Tensor& stds,
                                                               const at::Tensor& pi_p, double alpha,
                                                               bool per_row) {
-  check_prior(means, stds, pi_p);
+  check_prior_tables(means, stds, pi_p);
   const int64_t C = means.size(0), K = means.size(1);
   TORCH_CHECK(grad_z.dim() == 2 && grad_z.size(1) == K && grad_z.scalar_type() == means.scalar_type(),
               "xvae_fast: grad_z must be (n, K) with the dtype of means");
