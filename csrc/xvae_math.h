@@ -32,6 +32,22 @@ C10_HOST_DEVICE inline float xsin(float x) { return ::sinf(x); }
 C10_HOST_DEVICE inline double xsin(double x) { return ::sin(x); }
 C10_HOST_DEVICE inline float xcos(float x) { return ::cosf(x); }
 C10_HOST_DEVICE inline double xcos(double x) { return ::cos(x); }
+C10_HOST_DEVICE inline void xsincos(float x, float* s, float* c) {
+#if defined(__CUDA_ARCH__)
+  ::sincosf(x, s, c);
+#else
+  *s = ::sinf(x);
+  *c = ::cosf(x);
+#endif
+}
+C10_HOST_DEVICE inline void xsincos(double x, double* s, double* c) {
+#if defined(__CUDA_ARCH__)
+  ::sincos(x, s, c);
+#else
+  *s = ::sin(x);
+  *c = ::cos(x);
+#endif
+}
 C10_HOST_DEVICE inline float xabs(float x) { return ::fabsf(x); }
 C10_HOST_DEVICE inline double xabs(double x) { return ::fabs(x); }
 C10_HOST_DEVICE inline float xmax(float a, float b) { return a > b ? a : b; }
@@ -55,6 +71,15 @@ C10_HOST_DEVICE inline T softplus(T x) {
 template <typename T>
 C10_HOST_DEVICE inline T sigmoid(T x) {
   return T(1) / (T(1) + xexp(-x));
+}
+
+// softplus(x), and its derivative sigmoid(x) into *sig, from one exponential t = exp(-|x|):
+// softplus = max(x, 0) + log1p(t), sigmoid = (x < 0 ? t : 1) / (1 + t).
+template <typename T>
+C10_HOST_DEVICE inline T softplus_and_sigmoid(T x, T* sig) {
+  const T t = xexp(-xabs(x));
+  *sig = where_lt(x, T(0), t, T(1)) / (T(1) + t);
+  return xmax(x, T(0)) + xlog1p(t);
 }
 
 // softplus(l) * exp(-c) for c < 0 (then l <= c < 0): exp(l - c) * log1p(u) / u with u = exp(l) < 1.

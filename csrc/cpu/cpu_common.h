@@ -93,9 +93,8 @@ inline void for_each_lane(int64_t K, F&& f) {
 
 template <typename acc_t>
 inline acc_t row_max(const acc_t* x, int64_t K) {
-  acc_t m = x[0];
-  for (int64_t k = 1; k < K; ++k) m = x[k] > m ? x[k] : m;
-  return m;
+  return at::vec::reduce_all<acc_t>(
+      [](Vec<acc_t>& a, Vec<acc_t>& b) { return at::vec::maximum(a, b); }, x, K);
 }
 
 // Grain (in row blocks) that gives each task at least ~32k elements.

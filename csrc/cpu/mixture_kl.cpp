@@ -46,6 +46,32 @@ inline acc_t scaled_softplus_row(const acc_t* l, acc_t* sp, int64_t K, acc_t& c_
   return S.total();
 }
 
+// As scaled_softplus_row, also writing sg[k] = sigmoid(l[k]) * exp(-c), the backward's derivative,
+// and returning sum_k h[k] sp[k] in h_dot.
+template <typename acc_t>
+inline acc_t scaled_softplus_sigmoid_row(const acc_t* l, const acc_t* h, acc_t* sp, acc_t* sg,
+                                         int64_t K, acc_t& h_dot) {
+  const acc_t c = std::min(row_max(l, K), acc_t(0));
+  LaneSum<acc_t> S, H;
+  for_each_lane<acc_t>(K, [&](auto t, int64_t k) {
+    using T = decltype(t);
+    const T x = ld(l + k, t);
+    T v, d;
+    if (c < acc_t(0)) {
+      v = scaled_softplus_neg(x, T(c));
+      d = scaled_sigmoid_neg(x, T(c));
+    } else {
+      v = softplus_and_sigmoid(x, &d);
+    }
+    st(sp + k, v);
+    st(sg + k, d);
+    S.add(v);
+    H.add(ld(h + k, t) * v);
+  });
+  h_dot = H.total();
+  return S.total();
+}
+
 template <typename scalar_t>
 void mixture_kl_forward_kernel(const at::Tensor& logits, const at::Tensor& mu,
                                const at::Tensor& logvar, const at::Tensor& log_pi_p,
@@ -209,18 +235,15 @@ void mixture_kl_backward_kernel(const at::Tensor& g_total, const at::Tensor& g_c
   scalar_t* dvp = d_logvar.data_ptr<scalar_t>();
   at::parallel_for(0, nblk, block_grain(K), [&](int64_t b0, int64_t b1) {
     RowReader<scalar_t, acc_t> Lr(lp, K), Mr(mup, K), Vr(lvp, K);
-    std::vector<acc_t> sp(K), ol(K), om(K), ov(K);
+    std::vector<acc_t> sp(K), sg(K), ol(K), om(K), ov(K);
     for (int64_t i = b0 * kRowBlock; i < std::min(B, b1 * kRowBlock); ++i) {
       const acc_t* l = Lr.row(i);
       const acc_t* mrow = Mr.row(i);
       const acc_t* vrow = Vr.row(i);
-      acc_t c;
-      const acc_t invS = acc_t(1) / scaled_softplus_row(l, sp.data(), K, c);
-      LaneSum<acc_t> hr_sum;
-      for_each_lane<acc_t>(K, [&](auto t, int64_t k) {
-        hr_sum.add(ld(h.data() + k, t) * ld(sp.data() + k, t));
-      });
-      const acc_t hr = hr_sum.total() * invS;
+      acc_t h_dot;
+      const acc_t invS =
+          acc_t(1) / scaled_softplus_sigmoid_row(l, h.data(), sp.data(), sg.data(), K, h_dot);
+      const acc_t hr = h_dot * invS;  // sum_k h_k r[i,k]
       const acc_t bi = reduction == kNone ? b_row[i] : b_const;
       const bool same = std::is_same<scalar_t, acc_t>::value;
       acc_t* gl = same ? reinterpret_cast<acc_t*>(dlp + i * K) : ol.data();
@@ -228,9 +251,7 @@ void mixture_kl_backward_kernel(const at::Tensor& g_total, const at::Tensor& g_c
       acc_t* gv = same ? reinterpret_cast<acc_t*>(dvp + i * K) : ov.data();
       for_each_lane<acc_t>(K, [&](auto t, int64_t k) {
         using T = decltype(t);
-        T x = ld(l + k, t);
-        T sg = c < acc_t(0) ? scaled_sigmoid_neg(x, T(c)) : sigmoid(x);
-        st(gl + k, T(invB * invS) * sg * (ld(h.data() + k, t) - T(hr)));
+        st(gl + k, T(invB * invS) * ld(sg.data() + k, t) * (ld(h.data() + k, t) - T(hr)));
         T wq = T(bi) * ld(pi_q + k, t);
         T inv_s2 = ld(pc.inv_s2.data() + k, t);
         st(gm + k, wq * kln_grad_mu(ld(mrow + k, t), ld(pc.m.data() + k, t), inv_s2));

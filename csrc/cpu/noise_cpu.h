@@ -114,10 +114,12 @@ void draw_span(uint64_t seed, uint64_t offset, int64_t e0, int64_t e1, acc_t* et
       ang[j] = box_muller_angle<acc_t>(w1[j]);
     }
     for_each_lane<acc_t>(n, [&](auto t, int64_t j) {
-      auto r = box_muller_radius(ld(u1 + j, t));
-      auto a = ld(ang + j, t);
-      st(rc + j, r * xcos(a));
-      st(rs + j, r * xsin(a));
+      using T = decltype(t);
+      const T r = box_muller_radius(ld(u1 + j, t));
+      T sn, cs;
+      xsincos(ld(ang + j, t), &sn, &cs);
+      st(rc + j, r * cs);
+      st(rs + j, r * sn);
     });
     for (int64_t j = 0; j < n; ++j) {
       const int64_t ea = 2 * (p0 + j), eb = ea + 1;

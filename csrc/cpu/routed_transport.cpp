@@ -28,7 +28,14 @@ void routed_transport_kernel(const at::Tensor& mu, const at::Tensor& logvar, con
   const CategoricalTable tp = tab_p.view();
   const CategoricalTable tq = tab_q ? tab_q->view() : tp;
   bool any_row_tie = false;
-  for (int64_t k = 0; k < K; ++k) any_row_tie |= plan_tie_row(codes[k]);
+  // Plans whose every coordinate routes by pi_p per element and draws from the routed component
+  // (full, split-*) take a loop without per-element plan decoding; same steps, same results.
+  bool all_prior_routed = true;
+  for (int64_t k = 0; k < K; ++k) {
+    any_row_tie |= plan_tie_row(codes[k]);
+    all_prior_routed &= plan_route(codes[k]) == kRoutePrior && !plan_tie_row(codes[k]) &&
+                        plan_source(codes[k]) == kSourcePrior;
+  }
   const scalar_t* mup = mu.data_ptr<scalar_t>();
   const scalar_t* lvp = logvar.data_ptr<scalar_t>();
   scalar_t* zp = z.data_ptr<scalar_t>();
@@ -51,23 +58,33 @@ void routed_transport_kernel(const at::Tensor& mu, const at::Tensor& logvar, con
       const acc_t* mrow = Mr.row(i);
       const acc_t* vrow = Vr.row(i);
       // Steps 1-3 (routing and source noise), scalar: gathers from the prior tables.
-      for (int64_t k = 0; k < K; ++k) {
-        const int32_t code = codes[k];
-        const int32_t c = routed_component(code, static_cast<int32_t>(k), static_cast<int32_t>(K),
-                                           tp, tq, uniform_open(word[k]), u_row);
-        eps[k] = routed_source_noise(code, c, static_cast<int32_t>(k), static_cast<int32_t>(K), M, S,
-                                     mrow, vrow, eta[k]);
-        if (plan_source(code) == kSourcePosterior) cp[i * P + plan_slot(code)] = static_cast<comp_t>(c);
+      if (all_prior_routed) {
+        for (int64_t k = 0; k < K; ++k) {
+          const int32_t c = sample_categorical(tp, static_cast<int32_t>(K), uniform_open(word[k]));
+          eps[k] = routed_source_noise(codes[k], c, static_cast<int32_t>(k), static_cast<int32_t>(K),
+                                       M, S, mrow, vrow, eta[k]);
+        }
+      } else {
+        for (int64_t k = 0; k < K; ++k) {
+          const int32_t code = codes[k];
+          const int32_t c = routed_component(code, static_cast<int32_t>(k), static_cast<int32_t>(K),
+                                             tp, tq, uniform_open(word[k]), u_row);
+          eps[k] = routed_source_noise(code, c, static_cast<int32_t>(k), static_cast<int32_t>(K), M,
+                                       S, mrow, vrow, eta[k]);
+          if (plan_source(code) == kSourcePosterior) cp[i * P + plan_slot(code)] = static_cast<comp_t>(c);
+        }
       }
       // Step 4, vectorised: transport, or the noise itself for direct coordinates.
+      constexpr bool same = std::is_same<scalar_t, acc_t>::value;
+      acc_t* zout = same ? reinterpret_cast<acc_t*>(zp + i * K) : zrow.data();
       for_each_lane<acc_t>(K, [&](auto t, int64_t k) {
         using T = decltype(t);
         const T e = ld(eps.data() + k, t);
         const T moved = transport(ld(mrow + k, t), ld(vrow + k, t), e, ld(m_diag.data() + k, t),
                                   ld(inv_s_diag.data() + k, t));
-        st(zrow.data() + k, where_lt(T(0.5), ld(direct.data() + k, t), e, moved));
+        st(zout + k, where_lt(T(0.5), ld(direct.data() + k, t), e, moved));
       });
-      store_row(zp + i * K, zrow.data(), K);
+      if (!same) store_row(zp + i * K, zrow.data(), K);
     }
   });
 }
@@ -138,6 +155,31 @@ void routed_transport_backward_kernel(const at::Tensor& gz, const at::Tensor& z,
   const comp_t* cp = P > 0 ? comp.data_ptr<comp_t>() : nullptr;
   scalar_t* dmp = dmu.data_ptr<scalar_t>();
   scalar_t* dvp = dlv.data_ptr<scalar_t>();
+  if (P == 0) {
+    // No posterior-source coordinate: every z[i,k] depends on (mu, logvar)[i,k] alone (transport)
+    // or on nothing (direct draw from the prior), so the backward is elementwise and vectorised.
+    std::vector<acc_t> moved(K);
+    for (int64_t k = 0; k < K; ++k) moved[k] = routed_grad_column(codes[k], int32_t(k), cp) == k;
+    at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(K, 1)),
+                     [&](int64_t i0, int64_t i1) {
+      RowReader<scalar_t, acc_t> Gr(gp, K), Zr(zp, K), Mr(mup, K);
+      std::vector<acc_t> am(K), av(K);
+      for (int64_t i = i0; i < i1; ++i) {
+        const acc_t* g = Gr.row(i);
+        const acc_t* zr = Zr.row(i);
+        const acc_t* mr = Mr.row(i);
+        for_each_lane<acc_t>(K, [&](auto t, int64_t k) {
+          using T = decltype(t);
+          const T gm = ld(g + k, t) * ld(moved.data() + k, t);
+          st(am.data() + k, gm);
+          st(av.data() + k, T(0.5) * gm * (ld(zr + k, t) - ld(mr + k, t)));
+        });
+        store_row(dmp + i * K, am.data(), K);
+        store_row(dvp + i * K, av.data(), K);
+      }
+    });
+    return;
+  }
   at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(K, 1)),
                    [&](int64_t i0, int64_t i1) {
     std::vector<acc_t> am(K), av(K);

@@ -178,8 +178,10 @@ __device__ __forceinline__ PairDraw<acc_t> draw_pair(uint64_t seed, uint64_t off
   const acc_t ang = box_muller_angle<acc_t>(pw.w[1]);
   const acc_t r = box_muller_radius(u1);
   PairDraw<acc_t> d;
-  d.eta[0] = r * xcos(ang);
-  d.eta[1] = r * xsin(ang);
+  acc_t sn, cs;
+  xsincos(ang, &sn, &cs);
+  d.eta[0] = r * cs;
+  d.eta[1] = r * sn;
   d.word[0] = pw.w[2];
   d.word[1] = pw.w[3];
   return d;
