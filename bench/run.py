@@ -9,7 +9,7 @@ ratio of each peer to the fused op measured in the same run, the op's peak extra
 max_memory_allocated above the inputs; CPU: the peak of bytes allocated during one call, from the
 profiler's allocation events) and its effective bandwidth: the bytes the op must read and write,
 divided by its time, as a fraction of this device's copy bandwidth measured in the same run.
-torch.compile compiles once per (op, dtype, pass) with dynamic shapes; its compile time is reported
+torch.compile compiles once per (op, dtype, pass, K) with a dynamic batch size; its compile time is reported
 separately and is not in the per-call figure. An end-to-end figure times a stage-2 training step
 with the fused ops vs the reference ops. Writes JSON and a Markdown table under --out.
 """
@@ -222,7 +222,8 @@ def run(args) -> dict:
 
 
 def measure(case: Case, backward: bool, device, bw, args, compiled, compile_seconds) -> dict:
-    key = (case.op, case.dtype, backward)
+    # One compile per (op, dtype, pass, K): the reference closes over a K-sized prior; B is dynamic.
+    key = (case.op, case.dtype, backward, case.K)
     fused = _runner(case.fused, case, backward)
     eager = _runner(case.reference, case, backward)
     t_fused = median_seconds(fused, device, args.repeats)
@@ -238,7 +239,7 @@ def measure(case: Case, backward: bool, device, bw, args, compiled, compile_seco
         comp()
         _sync(device)
         first = time.perf_counter() - t0
-        name = f"{case.op} {row['dtype']} {row['pass_']}"
+        name = f"{case.op} {row['dtype']} {row['pass_']} K={case.K}"
         compile_seconds.setdefault(name, first)
         t_comp = median_seconds(comp, device, args.repeats)
         row.update(compile_ms=t_comp * 1e3, speedup_vs_compile=t_comp / t_fused)

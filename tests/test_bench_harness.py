@@ -28,3 +28,15 @@ def test_bench_writes_json_and_markdown(tmp_path):
     assert [r["setup"] for r in e2e] == ["clusters MLP, K=3", "MNIST-shaped conv, K=64"]
     assert all(r["fused_ms"] > 0 and r["reference_ms"] > 0 for r in e2e)
     assert "| clusters MLP, K=3 |" in md
+
+
+def test_bench_compile_peer_over_several_latent_sizes(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(BENCH), "--ops", "gaussian_kl", "--B", "16", "32", "--K", "3", "4",
+         "--dtypes", "float32", "--repeats", "1", "--no-e2e", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "full-cpu.json").read_text())
+    assert len(report["results"]) == 8
+    assert all(r["speedup_vs_compile"] > 0 for r in report["results"])
+    assert len(report["compile_seconds"]) == 4  # (fwd, fwd+bwd) x (K = 3, 4); B is dynamic
