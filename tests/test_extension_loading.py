@@ -3,7 +3,7 @@ import sys
 import textwrap
 
 
-def test_import_without_compiled_extension_gives_clear_message():
+def test_import_without_compiled_extension_gives_clear_message(tmp_path):
     # Simulate a checkout whose extension was never built: importing xvae_fast._C fails.
     code = textwrap.dedent("""
         import sys, warnings
@@ -26,16 +26,24 @@ def test_import_without_compiled_extension_gives_clear_message():
         assert xf.reference.mixture_kl(x, x, x, prior)[0].shape == ()
         print("ok")
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 
 
-def test_extension_loads_on_a_bare_import():
+def test_extension_loads_on_a_bare_import(tmp_path):
     # `import xvae_fast` first thing in a fresh interpreter (as `python -m xvae_fast.train` does)
     # must load the compiled ops, not fall back silently.
+    # Run from a neutral folder (`python -c` puts the cwd first on sys.path), importing the same
+    # xvae_fast as this test session.
+    import os
+    import xvae_fast
+    root = os.path.dirname(os.path.dirname(os.path.abspath(xvae_fast.__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     code = ("import warnings; warnings.simplefilter('error'); import xvae_fast as xf; "
+            f"assert xf.__file__.startswith({root!r}), xf.__file__; "
             "assert xf.extension_available(); print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"

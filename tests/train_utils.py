@@ -38,8 +38,10 @@ def cli(module, *args, timeout=300):
     env = dict(os.environ)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
+    # `python -m` puts the working directory first on sys.path: run from the tested package's parent
+    # so a source checkout in the cwd (without the built extension) cannot shadow it.
     return subprocess.run([sys.executable, "-m", module] + [str(a) for a in args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=timeout, env=env, cwd=root)
 
 
 def load_ck(run_dir):
