@@ -47,3 +47,23 @@ def test_extension_loads_on_a_bare_import(tmp_path):
                          env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_source_checkout_in_cwd_uses_the_installed_build(tmp_path):
+    # `pip install . && python -m xvae_fast.train` from the repository root: the unbuilt source
+    # package in the working directory shadows the installed one, and must still get its kernels.
+    import os
+    import shutil
+    import xvae_fast
+    installed = os.path.dirname(os.path.abspath(xvae_fast.__file__))
+    checkout = tmp_path / "checkout"
+    shutil.copytree(installed, checkout / "xvae_fast",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(installed))
+    code = ("import xvae_fast as xf; "
+            f"assert xf.__file__.startswith({str(checkout)!r}), xf.__file__; "
+            "assert xf.extension_available(); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=checkout,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
