@@ -1,6 +1,20 @@
+import os
 import subprocess
 import sys
 import textwrap
+
+import xvae_fast
+
+# The folder holding the xvae_fast under test (installed, or a built source tree).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(xvae_fast.__file__)))
+
+
+def _python_ok(code, cwd):
+    """Run `python -c code` in `cwd` with ROOT on the path; assert it printed 'ok'."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
 
 
 def test_import_without_compiled_extension_gives_clear_message(tmp_path):
@@ -26,9 +40,7 @@ def test_import_without_compiled_extension_gives_clear_message(tmp_path):
         assert xf.reference.mixture_kl(x, x, x, prior)[0].shape == ()
         print("ok")
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    _python_ok(code, tmp_path)
 
 
 def test_extension_loads_on_a_bare_import(tmp_path):
@@ -36,34 +48,20 @@ def test_extension_loads_on_a_bare_import(tmp_path):
     # must load the compiled ops, not fall back silently.
     # Run from a neutral folder (`python -c` puts the cwd first on sys.path), importing the same
     # xvae_fast as this test session.
-    import os
-    import xvae_fast
-    root = os.path.dirname(os.path.dirname(os.path.abspath(xvae_fast.__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     code = ("import warnings; warnings.simplefilter('error'); import xvae_fast as xf; "
-            f"assert xf.__file__.startswith({root!r}), xf.__file__; "
+            f"assert xf.__file__.startswith({ROOT!r}), xf.__file__; "
             "assert xf.extension_available(); print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                         env=env)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    _python_ok(code, tmp_path)
 
 
 def test_source_checkout_in_cwd_uses_the_installed_build(tmp_path):
     # `pip install . && python -m xvae_fast.train` from the repository root: the unbuilt source
     # package in the working directory shadows the installed one, and must still get its kernels.
-    import os
     import shutil
-    import xvae_fast
-    installed = os.path.dirname(os.path.abspath(xvae_fast.__file__))
     checkout = tmp_path / "checkout"
-    shutil.copytree(installed, checkout / "xvae_fast",
+    shutil.copytree(os.path.join(ROOT, "xvae_fast"), checkout / "xvae_fast",
                     ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(installed))
     code = ("import xvae_fast as xf; "
             f"assert xf.__file__.startswith({str(checkout)!r}), xf.__file__; "
             "assert xf.extension_available(); print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=checkout,
-                         env=env)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    _python_ok(code, checkout)
