@@ -113,12 +113,27 @@ __global__ void kln_consts_kernel(const acc_t* __restrict__ mean, const acc_t* _
   }
 }
 
-// Writes the (seed, offset) a kernel would unpack from philox_args into rng_state. Used when there is
-// nothing to draw (empty output), so the returned state is still produced on the stream (graph-safe).
-__global__ void write_rng_state_kernel(at::PhiloxCudaState philox_args, int64_t* rng_state) {
+// Unpacks philox_args on the device; thread 0 of block 0 records (seed, offset) in rng_state, on the
+// stream, so the returned state is right under CUDA graph capture. Returns the seed and the offset
+// in 128-bit blocks, as draw_pair takes them.
+struct PhiloxKey {
+  uint64_t seed;
+  uint64_t off_blocks;
+};
+
+__device__ __forceinline__ PhiloxKey unpack_and_record(const at::PhiloxCudaState& philox_args,
+                                                       int64_t* rng_state) {
   auto [seed, offset] = at::cuda::philox::unpack(philox_args);
-  rng_state[0] = static_cast<int64_t>(seed);
-  rng_state[1] = static_cast<int64_t>(offset);
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    rng_state[0] = static_cast<int64_t>(seed);
+    rng_state[1] = static_cast<int64_t>(offset);
+  }
+  return {seed, offset / 4};
+}
+
+// Records the state alone, when there is nothing to draw (empty output).
+__global__ void write_rng_state_kernel(at::PhiloxCudaState philox_args, int64_t* rng_state) {
+  unpack_and_record(philox_args, rng_state);
 }
 
 }  // namespace

@@ -33,14 +33,8 @@ __global__ void routed_transport_kernel(const scalar_t* __restrict__ mu,
                                         int64_t B, int64_t K, int64_t P,
                                         at::PhiloxCudaState philox_args, scalar_t* __restrict__ z,
                                         comp_t* __restrict__ comp, int64_t* __restrict__ rng_state) {
-  auto [seed, offset] = at::cuda::philox::unpack(philox_args);
+  const auto [seed, off_blocks] = unpack_and_record(philox_args, rng_state);
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (tid == 0) {
-    // The state this call drew from, written on the stream (correct under CUDA graph capture).
-    rng_state[0] = static_cast<int64_t>(seed);
-    rng_state[1] = static_cast<int64_t>(offset);
-  }
-  const uint64_t off_blocks = offset / 4;
   const int64_t n = B * K, npairs = (n + 1) / 2;
   for (int64_t p = tid; p < npairs; p += int64_t(gridDim.x) * blockDim.x) {
     const PairDraw<acc_t> d = draw_pair<acc_t>(seed, off_blocks, static_cast<uint64_t>(p));

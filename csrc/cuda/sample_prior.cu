@@ -25,14 +25,8 @@ __global__ void sample_prior_kernel(const scalar_t* __restrict__ M, const scalar
                                     CategoricalTable tab, int32_t C, int64_t n, int64_t K,
                                     scalar_t alpha, bool per_row, at::PhiloxCudaState philox_args,
                                     scalar_t* __restrict__ z, int64_t* __restrict__ rng_state) {
-  auto [seed, offset] = at::cuda::philox::unpack(philox_args);
+  const auto [seed, off_blocks] = unpack_and_record(philox_args, rng_state);
   const int64_t tid = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (tid == 0) {
-    // The state this call drew from, written on the stream (correct under CUDA graph capture).
-    rng_state[0] = static_cast<int64_t>(seed);
-    rng_state[1] = static_cast<int64_t>(offset);
-  }
-  const uint64_t off_blocks = offset / 4;
   const int64_t total = n * K, npairs = (total + 1) / 2;
   for (int64_t p = tid; p < npairs; p += int64_t(gridDim.x) * blockDim.x) {
     const PairDraw<scalar_t> d = draw_pair<scalar_t>(seed, off_blocks, static_cast<uint64_t>(p));
