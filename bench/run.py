@@ -9,7 +9,8 @@ ratio of each peer to the fused op measured in the same run, the op's peak extra
 max_memory_allocated above the inputs; CPU: the peak of bytes allocated during one call, from the
 profiler's allocation events) and its effective bandwidth: the bytes the op must read and write,
 divided by its time, as a fraction of this device's copy bandwidth measured in the same run.
-torch.compile compiles once per (op, dtype, pass, K) with a dynamic batch size; its compile time is reported
+mixture_log_prob:C times N = B points in d = K dimensions against C components, plus the
+(N, C, d) sizes of MIXTURE_CASES. torch.compile compiles once per (op, dtype, pass, K) with a dynamic batch size; its compile time is reported
 separately and is not in the per-call figure. An end-to-end figure times a stage-2 training step
 with the fused ops vs the reference ops. Writes JSON and a Markdown table under --out.
 """
@@ -36,9 +37,12 @@ FULL_K = (3, 64, 256)
 QUICK_B = (1024, 4096)
 QUICK_K = (64, 256)
 ALL_OPS = ["mixture_kl", "gaussian_kl"] + [f"routed_transport:{p}" for p in xf.PRESETS] + \
-    ["sample_prior:per-coordinate", "sample_prior:per-row"]
+    ["sample_prior:per-coordinate", "sample_prior:per-row", "mixture_log_prob:100"]
+# mixture_log_prob:C runs the grid with N = B points in d = K dimensions against C components;
+# these (N, C, d) cases (the VampPrior / MoG-prior sizes) are timed whenever it is selected.
+MIXTURE_CASES = [(12800, 100, 32), (4096, 500, 64)]
 QUICK_OPS = ["mixture_kl", "gaussian_kl", "routed_transport:full", "routed_transport:k1-pq-nq",
-             "sample_prior:per-coordinate"]
+             "sample_prior:per-coordinate", "mixture_log_prob:100"]
 
 
 # ---- timing and memory ------------------------------------------------------------------------------
@@ -161,6 +165,16 @@ def make_case(op: str, B: int, K: int, dtype: torch.dtype, device: torch.device)
         ref = lambda: R.sample_prior(prior, B, 1.0, variant)
         f32 = 4
         return Case(op, B, K, torch.float32, fused, ref, (), (), BK * f32, BK * f32)
+    if name == "mixture_log_prob":
+        C = int(variant or 100)
+        z = (torch.randn(B, K, generator=g) * 2).to(device=device, dtype=dtype).requires_grad_()
+        lw = torch.log_softmax(torch.randn(C, generator=g), 0).to(device=device, dtype=dtype).requires_grad_()
+        m = (torch.randn(C, K, generator=g) * 2).to(device=device, dtype=dtype).requires_grad_()
+        lv = (torch.randn(C, K, generator=g) * 0.3).to(device=device, dtype=dtype).requires_grad_()
+        # forward reads z and the tables, writes (N,); backward also writes dz and the table grads
+        params = (C + 2 * C * K) * item
+        return Case(op, B, K, dtype, xf.mixture_log_prob, R.mixture_log_prob, (z, lw, m, lv),
+                    (0, 1, 2, 3), BK * item + params + B * item, 2 * BK * item + 3 * params + 2 * B * item)
     raise ValueError(f"unknown op {op!r}; choose from {ALL_OPS}")
 
 
@@ -198,17 +212,24 @@ def run(args) -> dict:
         for dtype in dtypes:
             if op.startswith("sample_prior") and dtype != dtypes[0]:
                 continue  # the prior's dtype, not the inputs', sets sample_prior's
-            for K in Ks:
-                for B in Bs:
-                    case = make_case(op, B, K, dtype, device)
-                    for backward in ([False, True] if case.grads_of else [False]):
-                        rows.append(measure(case, backward, device, bw, args, compiled, compile_seconds))
-                        r = rows[-1]
-                        print(f"{op:28s} {str(dtype)[6:]:8s} B={B:6d} K={K:3d} "
-                              f"{'fwd+bwd' if backward else 'fwd    '} fused {r['fused_ms']:9.3f} ms"
-                              f"  x{r['speedup_vs_eager']:6.2f} eager"
-                              + (f"  x{r['speedup_vs_compile']:6.2f} compile" if r.get("speedup_vs_compile") else "")
-                              + f"  bw {100 * r['bandwidth_fraction']:5.1f}%", flush=True)
+            sizes = [(B, K, op) for K in Ks for B in Bs]
+            if op.startswith("mixture_log_prob"):
+                # The reference materialises (N, C, d): grid points past 2^28 elements are left out
+                # (GBs per intermediate); the quick grid times only the two reference sizes.
+                C = int(op.partition(":")[2] or 100)
+                sizes = [sz for sz in sizes if sz[0] * C * sz[1] <= 1 << 28 and not args.quick]
+                if not args.no_mixture_cases:
+                    sizes += [(N, d, f"mixture_log_prob:{C}") for N, C, d in MIXTURE_CASES]
+            for B, K, case_op in sizes:
+                case = make_case(case_op, B, K, dtype, device)
+                for backward in ([False, True] if case.grads_of else [False]):
+                    rows.append(measure(case, backward, device, bw, args, compiled, compile_seconds))
+                    r = rows[-1]
+                    print(f"{case_op:28s} {str(dtype)[6:]:8s} B={B:6d} K={K:3d} "
+                          f"{'fwd+bwd' if backward else 'fwd    '} fused {r['fused_ms']:9.3f} ms"
+                          f"  x{r['speedup_vs_eager']:6.2f} eager"
+                          + (f"  x{r['speedup_vs_compile']:6.2f} compile" if r.get("speedup_vs_compile") else "")
+                          + f"  bw {100 * r['bandwidth_fraction']:5.1f}%", flush=True)
     e2e = [] if args.no_e2e else end_to_end(device, args.repeats)
     return {
         "machine": machine_info(device),
@@ -335,6 +356,8 @@ def main(argv=None):
     ap.add_argument("--dtypes", nargs="*", default=None, help="float32 bfloat16 ...")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile peer")
+    ap.add_argument("--no-mixture-cases", action="store_true",
+                    help=f"skip mixture_log_prob's (N, C, d) reference sizes {MIXTURE_CASES}")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end training-step figure")
     ap.add_argument("--out", default="bench/results", help="folder for JSON and Markdown")
     args = ap.parse_args(argv)

@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <optional>
+#include <utility>
 
 namespace xvae {
 
@@ -148,6 +149,47 @@ inline void check_prior_tables(const at::Tensor& means, const at::Tensor& stds,
   TORCH_CHECK(pi_p.dim() == 1 && pi_p.size(0) == means.size(0) &&
                   pi_p.scalar_type() == means.scalar_type() && pi_p.device() == means.device(),
               "xvae_fast: pi_p must be (C,) with the dtype and device of means");
+}
+
+// mixture_log_prob: z (N, d); log_weights (C,), means and log_vars (C, d), all of z's dtype and device.
+inline void check_mixture_log_prob_args(const at::Tensor& z, const at::Tensor& log_weights,
+                                        const at::Tensor& means, const at::Tensor& log_vars) {
+  check_floating(z, "z");
+  TORCH_CHECK(z.dim() == 2, "xvae_fast: z must be 2-D (N, d), got shape ", z.sizes());
+  TORCH_CHECK(log_weights.dim() == 1 && log_weights.size(0) >= 1,
+              "xvae_fast: log_weights must be (C,) with C >= 1, got shape ", log_weights.sizes());
+  const int64_t C = log_weights.size(0), d = z.size(1);
+  const std::pair<const at::Tensor*, const char*> params[] = {
+      {&log_weights, "log_weights"}, {&means, "means"}, {&log_vars, "log_vars"}};
+  for (const auto& pr : params) {
+    TORCH_CHECK(pr.first->scalar_type() == z.scalar_type(), "xvae_fast: ", pr.second,
+                " has dtype ", pr.first->scalar_type(), ", expected ", z.scalar_type());
+    TORCH_CHECK(pr.first->device() == z.device(), "xvae_fast: ", pr.second, " is on ",
+                pr.first->device(), ", expected ", z.device());
+  }
+  TORCH_CHECK(means.dim() == 2 && means.size(0) == C && means.size(1) == d,
+              "xvae_fast: means must be (C, d) = (", C, ", ", d, "), got ", means.sizes());
+  TORCH_CHECK(log_vars.sizes() == means.sizes(), "xvae_fast: log_vars must be (C, d) = (", C, ", ",
+              d, "), got ", log_vars.sizes());
+}
+
+inline void check_mixture_log_prob_backward_args(const at::Tensor& grad,
+                                                 const std::optional<at::Tensor>& grad_resp,
+                                                 const at::Tensor& z, const at::Tensor& log_weights,
+                                                 const at::Tensor& means,
+                                                 const at::Tensor& log_vars) {
+  check_mixture_log_prob_args(z, log_weights, means, log_vars);
+  const int64_t N = z.size(0), C = log_weights.size(0);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == N, "xvae_fast: grad must be (", N, ",), got ",
+              grad.sizes());
+  TORCH_CHECK(grad.device() == z.device(), "xvae_fast: grad is on ", grad.device(), ", expected ",
+              z.device());
+  if (grad_resp.has_value()) {
+    TORCH_CHECK(grad_resp->dim() == 2 && grad_resp->size(0) == N && grad_resp->size(1) == C,
+                "xvae_fast: grad_resp must be (", N, ", ", C, "), got ", grad_resp->sizes());
+    TORCH_CHECK(grad_resp->device() == z.device(), "xvae_fast: grad_resp is on ",
+                grad_resp->device(), ", expected ", z.device());
+  }
 }
 
 }  // namespace xvae

@@ -38,4 +38,9 @@ TORCH_LIBRARY(xvae_fast, m) {
         {at::Tag::nondeterministic_seeded});
   m.def("sample_prior_backward(Tensor grad_z, Tensor rng_state, Tensor means, Tensor stds, "
         "Tensor pi_p, float alpha, bool per_row) -> (Tensor grad_means, Tensor grad_stds)");
+  m.def("mixture_log_prob(Tensor z, Tensor log_weights, Tensor means, Tensor log_vars, "
+        "bool return_responsibilities) -> (Tensor log_prob, Tensor responsibilities)");
+  m.def("mixture_log_prob_backward(Tensor grad, Tensor? grad_resp, Tensor z, Tensor log_weights, "
+        "Tensor means, Tensor log_vars) -> (Tensor grad_z, Tensor grad_log_weights, "
+        "Tensor grad_means, Tensor grad_log_vars)");
 }

@@ -10,14 +10,15 @@ BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "run.py"
 def test_bench_writes_json_and_markdown(tmp_path):
     out = subprocess.run(
         [sys.executable, str(BENCH), "--ops", "mixture_kl", "routed_transport:k1-pq-nq",
-         "sample_prior:per-row", "--B", "64", "--K", "3", "--dtypes", "float32", "--repeats", "2",
-         "--no-compile", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+         "sample_prior:per-row", "mixture_log_prob:5", "--B", "64", "--K", "3", "--dtypes", "float32",
+         "--repeats", "2", "--no-compile", "--no-mixture-cases", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "full-cpu.json").read_text())
     rows = report["results"]
     assert {(r["op"], r["pass_"]) for r in rows} == {
         ("mixture_kl", "fwd"), ("mixture_kl", "fwd+bwd"), ("routed_transport:k1-pq-nq", "fwd"),
-        ("routed_transport:k1-pq-nq", "fwd+bwd"), ("sample_prior:per-row", "fwd")}
+        ("routed_transport:k1-pq-nq", "fwd+bwd"), ("sample_prior:per-row", "fwd"),
+        ("mixture_log_prob:5", "fwd"), ("mixture_log_prob:5", "fwd+bwd")}
     for r in rows:
         assert r["fused_ms"] > 0 and r["eager_ms"] > 0 and r["bytes_moved"] > 0
         assert r["fused_peak_bytes"] >= 0 and 0 < r["bandwidth_fraction"]

@@ -70,6 +70,19 @@ def _(grad_z, rng_state, means, stds, pi_p, alpha, per_row):
     return torch.empty_like(means), torch.empty_like(stds)
 
 
+@torch.library.register_fake("xvae_fast::mixture_log_prob")
+def _(z, log_weights, means, log_vars, return_responsibilities):
+    N = z.shape[0]
+    resp = z.new_empty((N, log_weights.shape[0]) if return_responsibilities else (0,))
+    return z.new_empty((N,)), resp
+
+
+@torch.library.register_fake("xvae_fast::mixture_log_prob_backward")
+def _(grad, grad_resp, z, log_weights, means, log_vars):
+    return (torch.empty_like(z), torch.empty_like(log_weights), torch.empty_like(means),
+            torch.empty_like(log_vars))
+
+
 # ---- autograd -------------------------------------------------------------------------------------
 def _zeros_if_none(g, like):
     return torch.zeros_like(like) if g is None else g
@@ -142,3 +155,21 @@ def _sample_backward(ctx, grad_z, _g_state):
 
 torch.library.register_autograd("xvae_fast::sample_prior", _sample_backward,
                                 setup_context=_sample_setup)
+
+
+def _mixture_log_prob_setup(ctx, inputs, output):
+    z, log_weights, means, log_vars, return_responsibilities = inputs
+    ctx.save_for_backward(z, log_weights, means, log_vars)
+    ctx.with_resp = return_responsibilities
+
+
+def _mixture_log_prob_backward(ctx, grad, grad_resp):
+    z, log_weights, means, log_vars = ctx.saved_tensors
+    g = _zeros_if_none(grad, z.new_empty((z.shape[0],)))
+    G = grad_resp if ctx.with_resp else None
+    dz, dlw, dm, dlv = ops.mixture_log_prob_backward(g, G, z, log_weights, means, log_vars)
+    return dz, dlw, dm, dlv, None
+
+
+torch.library.register_autograd("xvae_fast::mixture_log_prob", _mixture_log_prob_backward,
+                                setup_context=_mixture_log_prob_setup)

@@ -15,7 +15,27 @@ from .data.spec import DEFAULTS, parse_dataset_spec
 from .errors import ConfigError
 from .plans import PRESETS, Plan
 
-MODELS = ("xvae", "vae")
+MODELS = ("xvae", "vae", "vamp", "hierarchical", "mog", "gmvae")
+# The paper's baselines (Section 3, Tables 1-4): trained end to end with a learned or fixed prior, no
+# stage 1 and no prior fit (see docs/baselines.md).
+BASELINES = ("vae", "vamp", "hierarchical", "mog", "gmvae")
+LEARNED_PRIOR_MODELS = ("vamp", "hierarchical", "mog", "gmvae")
+GUMBEL_ANNEAL = ("exp", "linear", "none")
+# Per-dataset defaults of the baselines' sizes. VampPrior pseudo-inputs: paper Table 5 (MNIST 200,
+# CelebA 32); the bundled digits (1437 training images) get 50 and the 2-D clusters 10. Mixture
+# components of the MoG prior and clusters of the GM-VAE: 10 (paper Table 4's prior counts, 1.3k on
+# MNIST and 5.1k on CelebA, are 10 components), 3 on the three-mode clusters.
+BASELINE_DEFAULTS = {
+    "digits": dict(pseudo_inputs=50, mog_components=10, gmvae_clusters=10),
+    "clusters": dict(pseudo_inputs=10, mog_components=3, gmvae_clusters=3),
+    "mnist": dict(pseudo_inputs=200, mog_components=10, gmvae_clusters=10),
+    "celeba": dict(pseudo_inputs=32, mog_components=10, gmvae_clusters=10),
+    "images": dict(pseudo_inputs=32, mog_components=10, gmvae_clusters=10),
+    "npy": dict(pseudo_inputs=50, mog_components=10, gmvae_clusters=10),
+}
+# which model uses which size option (the others are set to None when resolved)
+BASELINE_OPTIONS = {"pseudo_inputs": "vamp", "mog_components": "mog", "gmvae_clusters": "gmvae",
+                    "hier_top": "hierarchical"}
 PLAN_NAMES = ("single",) + PRESETS
 PRIOR_FITS = ("auto", "em", "single")
 AMP = ("none", "bf16")
@@ -51,6 +71,16 @@ class TrainConfig:
     hidden: Optional[List[int]] = None
     npz_key: Optional[str] = None
     download: bool = False
+    # baselines (docs/baselines.md); each option is used by one --model only
+    pseudo_inputs: Optional[int] = None      # vamp: number of learned pseudo-inputs
+    mog_components: Optional[int] = None     # mog: components of the learned mixture prior
+    gmvae_clusters: Optional[int] = None     # gmvae: values of the discrete cluster variable
+    hier_top: Optional[int] = None           # hierarchical: size of the top latent z2 (default K // 2)
+    hier_hidden: int = 256                   # hierarchical: hidden width of the conditional prior
+    gumbel_tau_start: float = 1.0            # gmvae: Gumbel-Softmax temperature at step 0
+    gumbel_tau_end: float = 0.5              # gmvae: temperature after the anneal
+    gumbel_anneal: str = "exp"               # gmvae: exp, linear or none
+    gumbel_anneal_steps: int = 0             # gmvae: steps of the anneal (0: the whole training)
     # prior fit (stage 1 -> 2)
     prior_fit: str = "auto"
     em_n_init: int = 3
@@ -108,13 +138,15 @@ class TrainConfig:
     def plan_name(self) -> str:
         if self.model == "vae":
             return "standard"
+        if self.model != "xvae":
+            return self.model
         if isinstance(self.plan, dict):
             return str(self.plan.get("name", "custom"))
         return str(self.plan)
 
     def build_plan(self) -> Optional[Plan]:
-        """The routed-transport Plan (None for `single` and the standard VAE)."""
-        if self.model == "vae" or self.plan == "single":
+        """The routed-transport Plan (None for `single` and the baselines)."""
+        if self.model != "xvae" or self.plan == "single":
             return None
         if isinstance(self.plan, dict):
             return Plan.from_dict(self.plan)
@@ -126,7 +158,12 @@ class TrainConfig:
 
     @property
     def has_stage1(self) -> bool:
+        """Only X-VAE pretrains an autoencoder; the baselines train end to end (stage 2 only)."""
         return self.model == "xvae"
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.model in BASELINES
 
 
 def load_config_file(path: str) -> Dict[str, Any]:
@@ -233,7 +270,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         _positive_int(cfg, "threads")
     if cfg.limit is not None:
         _positive_int(cfg, "limit", 2)
-    if cfg.model == "vae":
+    if cfg.model != "xvae":
         cfg = cfg.replace(plan=None, prior_fit="auto")
     else:
         if cfg.plan is None:
@@ -278,6 +315,43 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.hidden is not None and not (isinstance(cfg.hidden, list) and cfg.hidden
                                        and all(isinstance(h, int) and h > 0 for h in cfg.hidden)):
         raise ConfigError(f"hidden must be a non-empty list of positive layer sizes, got {cfg.hidden!r}")
+    cfg = _resolve_baseline_options(cfg, spec.kind)
     if cfg.channels is not None and cfg.channels not in (1, 3):
         raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {cfg.channels!r}")
+    return cfg
+
+
+def _resolve_baseline_options(cfg: TrainConfig, kind: str) -> TrainConfig:
+    """Fill the chosen baseline's size from the dataset defaults, validate it, and clear the size
+    options of the other models (so a saved config names only what the run uses)."""
+    changes: Dict[str, Any] = {}
+    for name, model in BASELINE_OPTIONS.items():
+        if cfg.model != model:
+            changes[name] = None
+        elif getattr(cfg, name) is None and name in BASELINE_DEFAULTS[kind]:
+            changes[name] = BASELINE_DEFAULTS[kind][name]
+    if cfg.model == "hierarchical" and cfg.hier_top is None:
+        changes["hier_top"] = max(1, cfg.latent // 2)
+    cfg = cfg.replace(**changes)
+    for name, model in BASELINE_OPTIONS.items():
+        if cfg.model == model and getattr(cfg, name) is not None:
+            _positive_int(cfg, name)
+    if cfg.model == "hierarchical":
+        if cfg.latent < 2:
+            raise ConfigError("--model hierarchical splits the latent into two levels and needs "
+                              f"--latent >= 2, got {cfg.latent}")
+        if cfg.hier_top is not None and cfg.hier_top >= cfg.latent:
+            raise ConfigError(f"--hier-top must be smaller than the latent size {cfg.latent} (the rest "
+                              f"is the bottom level), got {cfg.hier_top}")
+    _positive_int(cfg, "hier_hidden")
+    _positive_int(cfg, "gumbel_anneal_steps", 0)
+    if cfg.gumbel_anneal not in GUMBEL_ANNEAL:
+        raise ConfigError(f"--gumbel-anneal must be one of {GUMBEL_ANNEAL}, got {cfg.gumbel_anneal!r}")
+    for name in ("gumbel_tau_start", "gumbel_tau_end"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+            raise ConfigError(f"{name} must be a positive number, got {v!r}")
+    if cfg.gumbel_tau_end > cfg.gumbel_tau_start:
+        raise ConfigError(f"the Gumbel-Softmax temperature anneals downwards: --gumbel-tau-end "
+                          f"({cfg.gumbel_tau_end}) must be <= --gumbel-tau-start ({cfg.gumbel_tau_start})")
     return cfg

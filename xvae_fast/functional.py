@@ -8,7 +8,7 @@ import torch
 
 from . import reference
 from ._ext import require_extension
-from ._validation import (check_batch, check_finite, check_prior_device, check_reduction, check_tensor,
+from ._validation import (FLOATING, check_batch, check_finite, check_prior_device, check_reduction, check_tensor,
                           values_checkable)
 from .plans import Plan, resolve_plan
 from .prior import MixturePrior
@@ -162,3 +162,53 @@ def draw_noise(rng_state: torch.Tensor, rows: int, cols: int, dtype: torch.dtype
     """The draws (eta, u, u_row) the kernels make from rng_state for a rows x cols op: normals in
     float64 if dtype is float64 else float32, per-element and per-row uniforms in float64."""
     return _ops().draw_noise(rng_state, rows, cols, dtype == torch.float64)
+
+
+def _check_mixture_params(z, log_weights, means, log_vars):
+    check_tensor(z, "z")
+    if z.dtype not in FLOATING:
+        raise TypeError(f"z must be float32, float64, float16 or bfloat16, got {z.dtype}")
+    if z.dim() != 2:
+        raise ValueError(f"z must have shape (N, d), got {tuple(z.shape)}")
+    d = z.shape[1]
+    check_tensor(log_weights, "log_weights")
+    if log_weights.dim() != 1 or log_weights.shape[0] < 1:
+        raise ValueError(f"log_weights must have shape (C,) with C >= 1, got {tuple(log_weights.shape)}")
+    C = log_weights.shape[0]
+    for name, t in (("means", means), ("log_vars", log_vars)):
+        check_tensor(t, name)
+        if t.shape != (C, d):
+            raise ValueError(f"{name} must have shape (C, d) = ({C}, {d}) to match log_weights and z, "
+                             f"got {tuple(t.shape)}")
+    for name, t in (("log_weights", log_weights), ("means", means), ("log_vars", log_vars)):
+        if t.dtype != z.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but z has {z.dtype}; pass {name}.to(z.dtype)")
+        if t.device != z.device:
+            raise ValueError(f"{name} is on {t.device} but z is on {z.device}")
+    if not values_checkable():
+        return
+    # One host sync: finite parameters and weights on the simplex (logsumexp(log_weights) = 0).
+    lse = torch.logsumexp(log_weights.detach().double(), 0)
+    # Loose enough for rounding of log_softmax over many components (and gradcheck's nudges).
+    tol = 1e-5 if z.dtype == torch.float64 else (1e-3 if z.dtype == torch.float32 else 2e-2)
+    ok = (~torch.isnan(log_weights.detach()).any() & torch.isfinite(means.detach()).all()
+          & torch.isfinite(log_vars.detach()).all() & (lse.abs() <= tol))
+    if bool(ok):
+        return
+    if torch.isnan(log_weights).any():
+        raise ValueError("log_weights contains NaN")
+    check_finite(means.detach(), "means")
+    check_finite(log_vars.detach(), "log_vars")
+    raise ValueError(f"log_weights must be log-probabilities (weights on the simplex, logsumexp = 0), "
+                     f"got logsumexp {lse.item():.6g}; pass torch.log_softmax(logits, 0)")
+
+
+def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, means: torch.Tensor,
+                     log_vars: torch.Tensor, return_responsibilities: bool = False):
+    """log p(z) (N,) under the diagonal Gaussian mixture sum_c w_c N(means[c], diag(exp(log_vars[c]))),
+    computed without materialising the (N, C, d) tensor. `log_weights` (C,) are log-probabilities.
+    With return_responsibilities=True also returns r (N, C), the posterior over components.
+    Differentiable in z, log_weights, means and log_vars (and through r)."""
+    _check_mixture_params(z, log_weights, means, log_vars)
+    lp, resp = _ops().mixture_log_prob(z, log_weights, means, log_vars, return_responsibilities)
+    return (lp, resp) if return_responsibilities else lp

@@ -8,6 +8,7 @@ exactly; `xvae_fast.ops.draw_noise(rng_state, ...)` regenerates those.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -151,3 +152,17 @@ def sample_mixture(weights, means, stds, n: int, alpha: float = 1.0,
         c = sample_categorical(weights, u)
     cols = torch.arange(K, device=means.device).expand(n, K)
     return means[c, cols] + alpha * stds[c, cols] * eta.to(means.dtype)
+
+
+def mixture_log_prob(z, log_weights, means, log_vars, return_responsibilities: bool = False):
+    """log sum_c w_c N(z; means[c], diag(exp(log_vars[c]))) per row (N,), by materialising the
+    (N, C, d) tensor; with return_responsibilities also r (N, C) = softmax_c of the joint terms."""
+    acc = _acc(z.dtype)
+    z_a, lw, m, lv = (t.to(acc) for t in (z, log_weights, means, log_vars))
+    diff = z_a[:, None, :] - m[None]
+    quad = (diff * diff * torch.exp(-lv)[None]).sum(-1)
+    joint = lw[None] - 0.5 * (quad + lv.sum(-1)[None] + m.shape[1] * math.log(2 * math.pi))
+    lp = torch.logsumexp(joint, dim=1)
+    if not return_responsibilities:
+        return lp.to(z.dtype)
+    return lp.to(z.dtype), torch.exp(joint - lp[:, None]).to(z.dtype)

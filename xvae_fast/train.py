@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional
 
-from .config import TrainConfig, load_config_file
+from .config import MODELS, TrainConfig, load_config_file
 from .errors import NonFiniteLossError, XVAEError
 
 EPILOG = """\
@@ -15,6 +15,8 @@ examples:
   python -m xvae_fast.train                                   # X-VAE (full) on the bundled digits
   python -m xvae_fast.train --dataset clusters --plan full --out runs/clusters-full
   python -m xvae_fast.train --dataset clusters --model vae --out runs/clusters-vae
+  python -m xvae_fast.train --model vamp --pseudo-inputs 50   # a baseline (docs/baselines.md)
+  python -m xvae_fast.compare --data digits --out runs/compare-digits   # all baselines + X-VAE
   python -m xvae_fast.train --dataset mnist:data/mnist --download --plan split-1/3 --device cuda
   python -m xvae_fast.train --dataset celeba:data/celeba --plan k1-pq-np --amp bf16 --device cuda
   python -m xvae_fast.train --config my_run.yaml --seed 7     # flags override the file
@@ -24,6 +26,7 @@ examples:
 configurations (--plan, SPEC.md): single, full, interleaved, split-2/3, split-1/3, k1-pp-np,
 k1-pq-np, k1-pp-nq, k1-pq-nq, or a JSON/YAML file {"coordinates": [{"route": "prior", "tie":
 "none", "source": "prior", "mode": "transport"}, ...]} with one entry per latent coordinate.
+models (--model): xvae, vae, vamp, hierarchical, mog, gmvae (docs/baselines.md).
 A run folder holds config.yaml (the full resolved config; pass it back with --config to repeat the
 run), checkpoint.pt, metrics.csv/json, curves.png, reconstructions.png, samples.png,
 samples_per_row.png, alpha_sweep.png, samples.npy, prior_fit.json, summary.json and train.log.
@@ -58,13 +61,34 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", metavar="SPEC", help="digits (default, bundled 8x8 digits), clusters "
                    "(bundled synthetic 2-D, 3 modes), mnist:DIR (IDX files, gz or not), celeba:DIR, images:DIR, "
                    "npy:PATH (.npy/.npz array of vectors)")
-    g.add_argument("--model", choices=["xvae", "vae"], help="xvae (two-stage X-VAE, default) or vae "
-                   "(standard VAE with N(0, I) prior, no stage 1)")
+    g.add_argument("--model", choices=list(MODELS), help="xvae (two-stage X-VAE, default), or a baseline "
+                   "of the paper trained end to end without stage 1: vae (standard VAE, N(0, I) prior), "
+                   "vamp (VampPrior), hierarchical (two-level ladder VAE), mog (learned mixture prior), "
+                   "gmvae (Gumbel-Softmax GM-VAE); see docs/baselines.md")
     g.add_argument("--plan", metavar="NAME|FILE", help="X-VAE configuration: single, full (default), "
                    "interleaved, split-2/3, split-1/3, k1-pp-np, k1-pq-np, k1-pp-nq, k1-pq-nq, or a "
                    "custom plan file")
     g.add_argument("--latent", type=int, metavar="K", help="latent size K, shared by AE and VAE "
                    "(default per dataset: digits 10, clusters 3, mnist 64, celeba 256)")
+    g = p.add_argument_group("baselines (docs/baselines.md)")
+    g.add_argument("--pseudo-inputs", type=int, metavar="C", help="vamp: learned pseudo-inputs (default "
+                   "per dataset: mnist 200, celeba/images 32 (paper Table 5), digits 50, clusters 10, npy 50)")
+    g.add_argument("--mog-components", type=int, metavar="C", help="mog: components of the learned "
+                   "mixture prior (default 10; clusters 3)")
+    g.add_argument("--clusters", dest="gmvae_clusters", type=int, metavar="C", help="gmvae: values of "
+                   "the discrete cluster variable (default 10; clusters 3)")
+    g.add_argument("--hier-top", type=int, metavar="K2", help="hierarchical: size of the top latent "
+                   "level z2 (default K // 2; the bottom level gets the rest of K)")
+    g.add_argument("--hier-hidden", type=int, metavar="H", help="hierarchical: hidden width of the "
+                   "conditional prior p(z1|z2) and of the bottom-up layer (default 256)")
+    g.add_argument("--gumbel-tau-start", type=float, metavar="T", help="gmvae: Gumbel-Softmax "
+                   "temperature at the first step (default 1.0)")
+    g.add_argument("--gumbel-tau-end", type=float, metavar="T", help="gmvae: temperature after the "
+                   "anneal (default 0.5)")
+    g.add_argument("--gumbel-anneal", choices=["exp", "linear", "none"], help="gmvae: temperature "
+                   "schedule over the global step (default exp: tau = max(end, start*exp(-r*step)))")
+    g.add_argument("--gumbel-anneal-steps", type=int, metavar="N", help="gmvae: steps to reach the end "
+                   "temperature (default 0: the whole training)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs-ae", type=int, metavar="N", help="stage-1 epochs (default per dataset)")
     g.add_argument("--epochs-vae", type=int, metavar="N", help="stage-2 epochs (default per dataset)")

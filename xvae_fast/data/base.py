@@ -110,6 +110,15 @@ class DataBundle:
     train: XDataset
     test: XDataset
     info: DataInfo
+    # integer class labels (int64, aligned with train / test) where the dataset has them (digits,
+    # clusters, MNIST with its label files); None otherwise. Training never reads them; evaluation
+    # uses them to train its offline feature classifier (xvae_fast.evaluation).
+    train_labels: Optional[torch.Tensor] = None
+    test_labels: Optional[torch.Tensor] = None
+
+    @property
+    def has_labels(self) -> bool:
+        return self.train_labels is not None and self.test_labels is not None
 
 
 def split_indices(n: int, test_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -124,6 +133,16 @@ def split_indices(n: int, test_fraction: float, seed: int) -> Tuple[np.ndarray, 
 def split_tensor(x: torch.Tensor, test_fraction: float, seed: int):
     tr, te = split_indices(x.shape[0], test_fraction, seed)
     return x[torch.as_tensor(tr)], x[torch.as_tensor(te)]
+
+
+def as_labels(labels, n: int, what: str) -> Optional[torch.Tensor]:
+    """Class labels as an int64 tensor of length n (None stays None)."""
+    if labels is None:
+        return None
+    t = torch.as_tensor(np.asarray(labels)).reshape(-1)
+    if t.shape[0] != n:
+        raise DataError(f"{what}: {t.shape[0]} labels for {n} examples")
+    return t.long()
 
 
 def standardize(train: torch.Tensor, test: torch.Tensor):
@@ -142,29 +161,40 @@ def check_finite_array(x: np.ndarray, what: str) -> None:
 
 def vector_bundle(name: str, x: np.ndarray, test_fraction: float, split_seed: int,
                   do_standardize: bool, extra: Optional[dict] = None,
-                  limit: Optional[int] = None) -> DataBundle:
-    """A DataBundle of 2-D vector data (N, D), split by seed and optionally standardised."""
+                  limit: Optional[int] = None, labels=None) -> DataBundle:
+    """A DataBundle of 2-D vector data (N, D), split by seed and optionally standardised; `labels`
+    (N,) are split with the data when given."""
     x = np.asarray(x)
+    y = as_labels(labels, x.shape[0], name)
     if limit is not None:
         x = x[:limit]
+        y = y[:limit] if y is not None else None
     t = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
     train, test = split_tensor(t, test_fraction, split_seed)
     mean = std = None
     if do_standardize:
         train, test, mean, std = standardize(train, test)
     info = DataInfo(name, "vector", (t.shape[1],), mean, std, dict(extra or {}))
-    return DataBundle(TensorData(train), TensorData(test), info)
+    y_tr, y_te = split_tensor(y, test_fraction, split_seed) if y is not None else (None, None)
+    return DataBundle(TensorData(train), TensorData(test), info, y_tr, y_te)
 
 
 def image_bundle(name: str, x: torch.Tensor, test_fraction: float, split_seed: int,
-                 extra: Optional[dict] = None, test: Optional[torch.Tensor] = None) -> DataBundle:
-    """A DataBundle of in-memory images (N, C, H, W), uint8 or float in [0, 1]."""
+                 extra: Optional[dict] = None, test: Optional[torch.Tensor] = None,
+                 labels=None, test_labels=None) -> DataBundle:
+    """A DataBundle of in-memory images (N, C, H, W), uint8 or float in [0, 1]. `labels` (N,) are
+    split with the images; with an explicit `test` set, `test_labels` go with it."""
+    y = as_labels(labels, x.shape[0], name)
     if test is None:
         train, test = split_tensor(x, test_fraction, split_seed)
+        y_tr, y_te = split_tensor(y, test_fraction, split_seed) if y is not None else (None, None)
     else:
         train = x
+        y_tr, y_te = y, as_labels(test_labels, test.shape[0], name)
+        if y_tr is None or y_te is None:
+            y_tr = y_te = None
     info = DataInfo(name, "image", tuple(int(s) for s in x.shape[1:]), extra=dict(extra or {}))
-    return DataBundle(TensorData(train), TensorData(test), info)
+    return DataBundle(TensorData(train), TensorData(test), info, y_tr, y_te)
 
 
 def describe(bundle: DataBundle) -> str:

@@ -24,16 +24,20 @@ def make_clusters(n: int = CLUSTER_SIZE, seed: int = 0):
 
 def load_clusters(test_fraction: float, split_seed: int, standardize: bool = True,
                   limit: Optional[int] = None) -> DataBundle:
-    x, _ = make_clusters(CLUSTER_SIZE, seed=split_seed)
+    x, labels = make_clusters(CLUSTER_SIZE, seed=split_seed)
     extra = {"centres": CLUSTER_CENTRES.tolist(), "stds": CLUSTER_STDS.tolist()}
-    return vector_bundle("clusters", x, test_fraction, split_seed, standardize, extra, limit)
+    return vector_bundle("clusters", x, test_fraction, split_seed, standardize, extra, limit,
+                         labels=labels)
 
 
 def load_digits(test_fraction: float, split_seed: int, limit: Optional[int] = None) -> DataBundle:
-    """scikit-learn's 1797 handwritten digits, 8x8 grey levels 0..16 scaled to [0, 1]."""
+    """scikit-learn's 1797 handwritten digits, 8x8 grey levels 0..16 scaled to [0, 1], with their
+    labels 0..9."""
     from sklearn.datasets import load_digits as _load
-    images = _load().images.astype(np.float32) / 16.0
+    raw = _load()
+    images = raw.images.astype(np.float32) / 16.0
+    labels = np.asarray(raw.target, dtype=np.int64)
     if limit is not None:
-        images = images[:limit]
+        images, labels = images[:limit], labels[:limit]
     x = torch.from_numpy(images)[:, None]
-    return image_bundle("digits", x, test_fraction, split_seed)
+    return image_bundle("digits", x, test_fraction, split_seed, labels=labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -87,10 +88,29 @@ def _images(path: str) -> np.ndarray:
     return x
 
 
+def _labels(folder: str, stem: str, n: int) -> Optional[np.ndarray]:
+    """The labels of an image file when its IDX label file is there and matches (N,) uint8 0..9;
+    otherwise None with a warning (training does not need labels; evaluation reports their absence)."""
+    path = find_file(folder, stem)
+    if path is None:
+        return None
+    try:
+        y = read_idx(path)
+    except DataError as exc:
+        warnings.warn(f"ignoring MNIST labels: {exc}")
+        return None
+    if y.ndim != 1 or y.shape[0] != n or y.dtype != np.uint8 or (y.size and y.max() > 9):
+        warnings.warn(f"ignoring MNIST labels {path!r}: expected {n} labels 0..9, got shape "
+                      f"{y.shape} ({y.dtype})")
+        return None
+    return y.astype(np.int64)
+
+
 def load_mnist(folder: str, test_fraction: float, split_seed: int, download: bool = False,
                limit: Optional[int] = None) -> DataBundle:
     """The official 60k/10k split when the t10k files are there; otherwise the training file is split
-    by seed. Pixels scaled to [0, 1]. Labels are not needed and not read."""
+    by seed. Pixels scaled to [0, 1]. The label files are read when present (the bundle's
+    train_labels / test_labels, for evaluation); training does not use them."""
     if not os.path.isdir(folder) or find_file(folder, FILES["train_images"]) is None:
         if download:
             download_mnist(folder)
@@ -102,15 +122,21 @@ def load_mnist(folder: str, test_fraction: float, split_seed: int, download: boo
         raise DataError(f"MNIST folder {folder!r} has no {FILES['train_images']}[.gz]; pass "
                         "--download to fetch it")
     train = _images(train_path)
+    y_train = _labels(folder, FILES["train_labels"], train.shape[0])
     test_path = find_file(folder, FILES["test_images"])
     if test_path is not None:
         test = _images(test_path)
+        y_test = _labels(folder, FILES["test_labels"], test.shape[0])
         if limit is not None:
             train = train[:limit]
             test = test[:max(1, int(np.ceil(limit * test_fraction)))]
+            y_train = y_train[:len(train)] if y_train is not None else None
+            y_test = y_test[:len(test)] if y_test is not None else None
         return image_bundle(f"mnist:{folder}", torch.from_numpy(train.copy())[:, None], test_fraction,
-                            split_seed, test=torch.from_numpy(test.copy())[:, None])
+                            split_seed, test=torch.from_numpy(test.copy())[:, None],
+                            labels=y_train, test_labels=y_test)
     if limit is not None:
         train = train[:limit]
+        y_train = y_train[:limit] if y_train is not None else None
     return image_bundle(f"mnist:{folder}", torch.from_numpy(train.copy())[:, None], test_fraction,
-                        split_seed)
+                        split_seed, labels=y_train)

@@ -48,6 +48,16 @@ class VAE(nn.Module):
         if mode == "standard":
             self.set_prior(MixturePrior.single(torch.zeros(latent), torch.ones(latent)))
 
+    @property
+    def requires_prior_fit(self) -> bool:
+        """X-VAE's prior is fitted on the stage-1 latents; the standard VAE's N(0, I) is built in."""
+        return self.mode != "standard"
+
+    def param_counts(self) -> Dict[str, int]:
+        """Trainable parameters (paper Table 4): the prior is a frozen buffer, so it counts 0."""
+        total = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"total": int(total), "prior": 0}
+
     # -- prior --------------------------------------------------------------------------------------
     def set_prior(self, prior: MixturePrior) -> None:
         if prior.latent_dim != self.latent:

@@ -77,11 +77,16 @@ def nearest_mode_counts(x: np.ndarray, centres, stds, n_std: float = 3.0) -> Lis
 
 
 def table_row(summary: Dict) -> str:
-    """The paper's Table 1 form: train / test objective with reconstruction and KL terms."""
+    """The paper's Table 1 form: train / test objective with reconstruction and KL terms, and the
+    trainable parameter counts of Table 4."""
     tr, te = summary.get("train") or {}, summary.get("test") or {}
 
     def f(v: Optional[float]) -> str:
         return "-" if v is None else f"{v:.4g}"
-    return (f"{summary['model_name']}: train {f(tr.get('loss'))}  test {f(te.get('loss'))}  recon "
-            f"{f(te.get('recon'))}  KL {f(te.get('kl'))} (categorical {f(te.get('kl_cat'))}, "
-            f"Gaussian {f(te.get('kl_gauss'))})")
+    row = (f"{summary['model_name']}: train {f(tr.get('loss'))}  test {f(te.get('loss'))}  recon "
+           f"{f(te.get('recon'))}  KL {f(te.get('kl'))} (categorical {f(te.get('kl_cat'))}, "
+           f"Gaussian {f(te.get('kl_gauss'))})")
+    params = summary.get("params")
+    if params:  # paper Table 4
+        row += f"; trainable parameters {params['total']} (prior {params['prior']})"
+    return row

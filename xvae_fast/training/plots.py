@@ -154,3 +154,45 @@ def save_scatter(sets: Sequence[np.ndarray], labels: Sequence[str], path: str, t
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_alpha_sweep(alphas: Sequence[float], distances: Dict[str, Sequence[float]], path: str,
+                     title: str = "", rates: Optional[Dict[str, Sequence[float]]] = None,
+                     mark: Optional[float] = None) -> None:
+    """The diversity-fidelity sweep: distance metrics (e.g. FD, FID; lower is better) against alpha
+    in one panel, one axis each, and rates in [0, 1] (precision, recall) in a second panel when
+    given. `mark` draws a vertical line at the headline alpha."""
+    plt = _plt()
+    ncols = 2 if rates else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(4.6 * ncols, 3.6), squeeze=False)
+    ax = axes[0, 0]
+    colors = ["tab:blue", "tab:red", "tab:green", "tab:purple"]
+    host, lines = ax, []
+    for i, (name, ys) in enumerate(distances.items()):
+        a = host if i == 0 else host.twinx()
+        if i > 1:
+            a.spines["right"].set_position(("axes", 1.0 + 0.18 * (i - 1)))
+        lines += a.plot(list(alphas), list(ys), marker="o", color=colors[i % len(colors)], label=name)
+        a.set_ylabel(name, color=colors[i % len(colors)])
+    host.set_xlabel("alpha (prior std scale)")
+    host.set_title("distance to the real data (lower is better)", fontsize=9)
+    host.grid(alpha=0.3)
+    if mark is not None:
+        host.axvline(mark, color="0.6", ls=":", lw=1)
+    host.legend(lines, [ln.get_label() for ln in lines], fontsize=8)
+    if rates:
+        ax = axes[0, 1]
+        for name, ys in rates.items():
+            ax.plot(list(alphas), list(ys), marker="o", label=name)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("alpha (prior std scale)")
+        ax.set_title("precision (fidelity) and recall (coverage)", fontsize=9)
+        ax.grid(alpha=0.3)
+        if mark is not None:
+            ax.axvline(mark, color="0.6", ls=":", lw=1)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -6,7 +6,8 @@ Stages (the checkpoint records which one a run is in):
   vae      stage 2: the VAE with the frozen prior and the chosen configuration; loss = recon + KL
   outputs  reconstructions, samples, alpha sweep, curves, summary (Table 1 form)
   done
-The standard VAE (`--model vae`) starts at `vae` with the N(0, I) prior.
+The standard VAE (`--model vae`) starts at `vae` with the N(0, I) prior; so do the other baselines
+(`vamp`, `hierarchical`, `mog`, `gmvae`; docs/baselines.md), whose priors are learned with the model.
 
 Repeatability: every random draw comes from the seeded global torch RNG (model initialisation and
 the latent noise of the ops) or the seeded shuffling generator; checkpoints store both, with the
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..config import RUNTIME_KEYS, TrainConfig, resolve, save_config
+from ..config import LEARNED_PRIOR_MODELS, RUNTIME_KEYS, TrainConfig, resolve, save_config
 from ..data import DataBundle, DataInfo, describe, load_dataset, parse_dataset_spec
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..models import build_models, get_ops, ops_name
@@ -42,6 +43,9 @@ from .metrics import TensorBoardLogger, table_row, write_json, write_metrics
 TERMS_AE = ("loss", "recon")
 TERMS_VAE = ("loss", "recon", "kl", "kl_cat", "kl_gauss")
 EVAL_SEED_OFFSET = 1_000_003
+MODEL_NAMES = {"vae": "standard VAE (N(0, I) prior)", "vamp": "VampPrior VAE",
+               "hierarchical": "Hierarchical VAE", "mog": "Standard MoG VAE",
+               "gmvae": "GM-VAE (Gumbel-Softmax)"}
 
 
 class _Stopped(Exception):
@@ -84,6 +88,8 @@ def default_run_dir(cfg: TrainConfig) -> str:
     kind = parse_dataset_spec(cfg.dataset).kind
     plan = cfg.plan_name.replace("/", "of")
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    if plan == cfg.model:  # the learned-prior baselines have no plan
+        return os.path.join("runs", f"{kind}-{cfg.model}-{stamp}")
     return os.path.join("runs", f"{kind}-{cfg.model}-{plan}-{stamp}")
 
 
@@ -120,6 +126,8 @@ class Trainer:
         self.data: DataBundle = load_dataset(cfg)
         self.info: DataInfo = self.data.info
         self.ae, self.vae = build_models(cfg, self.info, self.ops)
+        if hasattr(self.vae, "set_total_steps"):  # schedules over the training (GM-VAE temperature)
+            self.vae.set_total_steps(cfg.epochs_vae * self._steps_per_epoch())
         if self.ae is not None:
             self.ae.to(self.device)
         self.vae.to(self.device)
@@ -154,8 +162,8 @@ class Trainer:
     # -- setup helpers ------------------------------------------------------------------------------
     @property
     def model_name(self) -> str:
-        if self.cfg.model == "vae":
-            return "standard VAE (N(0, I) prior)"
+        if self.cfg.model in MODEL_NAMES:
+            return MODEL_NAMES[self.cfg.model]
         return f"X-VAE ({self.cfg.plan_name})"
 
     def log(self, msg: str) -> None:
@@ -350,9 +358,17 @@ class Trainer:
                "--grad-clip, or check the data for extreme values")
         return NonFiniteLossError(msg, diag)
 
+    def _set_model_step(self, model) -> None:
+        """Step-dependent schedules of a model (the GM-VAE's Gumbel temperature) are functions of the
+        global optimizer step, so a resumed run continues them exactly."""
+        hook = getattr(model, "set_step", None)
+        if hook is not None:
+            hook(self.step)
+
     def _train_step(self, stage: str, model, x: torch.Tensor) -> Dict[str, float]:
         terms_names = TERMS_AE if stage == "ae" else TERMS_VAE
         opt = self.opt[stage]
+        self._set_model_step(model)
         with self._autocast():
             terms = model.loss(x)
         vec = torch.stack([terms[k].detach().float() for k in terms_names]).cpu()
@@ -383,6 +399,7 @@ class Trainer:
         order = torch.arange(n)
         nb = max(1, math.ceil(n / self.cfg.batch_size))
         devices = [self.device] if self.device.type == "cuda" else []
+        self._set_model_step(model)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.seed + EVAL_SEED_OFFSET)
             model.eval()
@@ -508,7 +525,7 @@ class Trainer:
                 self.stage, self.epoch, self.batch = "vae", 0, 0
                 self.save_checkpoint()
             if self.stage == "vae":
-                if self.vae.prior is None:
+                if self.vae.prior is None and getattr(self.vae, "requires_prior_fit", True):
                     raise CheckpointError("stage 2 needs the prior, but the checkpoint holds none")
                 self._train_stage("vae")
                 self.stage = "outputs"
@@ -549,7 +566,11 @@ class Trainer:
             "train": {k: last.get(f"train_{k}") for k in TERMS_VAE},
             "test": test,
             "prior_fit": self.prior_report,
+            # paper Table 4: trainable parameters of the generative model, and of its prior alone
+            "params": self.vae.param_counts(),
         }
+        if self.ae is not None:  # X-VAE's one-time stage-1 autoencoder, not counted in Table 4
+            summary["stage1_params"] = int(sum(p.numel() for p in self.ae.parameters() if p.requires_grad))
         ae_last = [r for r in self.history if r["stage"] == "ae"]
         if ae_last:
             summary["ae"] = {"train_recon": ae_last[-1].get("train_recon"),
@@ -582,13 +603,15 @@ def load_run(run_dir: str, device: str = "cpu"):
     path = ckpt.checkpoint_path(run_dir)
     cfg = TrainConfig.from_dict(ck["config"])
     info = DataInfo.from_dict(ck["data_info"])
-    if ck["stage"] in ("ae", "prior") or ck["prior"] is None:
+    learned_prior = cfg.model in LEARNED_PRIOR_MODELS  # no frozen prior buffers to restore
+    if ck["stage"] in ("ae", "prior") or (ck["prior"] is None and not learned_prior):
         raise CheckpointError(f"run {run_dir!r} has not reached stage 2 yet (it is at stage "
                               f"{ck['stage']!r}); resume it with --resume first")
     dev = pick_device(device)
     _, vae = build_models(cfg, info, get_ops(device=dev))
     p = ck["prior"]
-    vae.set_prior(MixturePrior(p["weights"], p["means"], p["stds"]))
+    if p is not None:
+        vae.set_prior(MixturePrior(p["weights"], p["means"], p["stds"]))
     ckpt.load_state(vae, ck["models"]["vae"], "VAE", path)
     vae.to(dev).eval()
     return cfg, info, vae, ck

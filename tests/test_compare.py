@@ -1,0 +1,77 @@
+"""`python -m xvae_fast.compare`: every baseline and X-VAE configuration on one dataset and seed, the
+Markdown and CSV tables (paper Tables 1/9 and 4), and continuing an interrupted comparison."""
+import csv
+import math
+import os
+
+import pytest
+
+from xvae_fast.compare import KEYS, _argv, _run_dir, main, run_comparison
+from xvae_fast.errors import ConfigError
+
+from train_utils import load_ck, one_thread, train
+
+NUMBERS = ["train_objective", "test_objective", "test_recon", "test_kl", "train_recon", "train_kl"]
+
+
+def _rows(out):
+    with open(os.path.join(out, "comparison.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_compare_writes_every_row_and_continues_an_interrupted_comparison(tmp_path):
+    out = str(tmp_path / "cmp")
+    # an interrupted run already in the folder (stopped mid-epoch): the comparison resumes it
+    vamp_dir = _run_dir(out, "vamp")
+    assert train(*_argv("clusters", 0, "vamp", None, None, True, [], vamp_dir), "--stop-after", "1") == 0
+    assert load_ck(vamp_dir)["step"] == 1
+    with one_thread():
+        assert main(["--data", "clusters", "--seed", "0", "--quick", "--out", out, "--quiet"]) == 0
+
+    rows = _rows(out)
+    assert [r["key"] for r in rows] == KEYS and len(rows) == 5 + 9  # 5 baselines, single + 8 presets
+    by = {r["key"]: r for r in rows}
+    for r in rows:
+        assert r["status"] == "trained", r
+        for k in NUMBERS:
+            assert math.isfinite(float(r[k])), (r["key"], k)
+        assert float(r["test_objective"]) == pytest.approx(float(r["test_recon"]) + float(r["test_kl"]),
+                                                           rel=1e-5)
+        # --quick: 192 training examples, batch 64, one epoch per stage; the first X-VAE row also
+        # trains the shared stage-1 autoencoder
+        assert int(r["steps"]) == (6 if r["key"] == "single" else 3)
+    # the vamp run was continued, not restarted: its log shows the resume
+    with open(os.path.join(vamp_dir, "train.log")) as f:
+        assert "resumed" in f.read()
+    # parameter counts (paper Table 4): clusters D = 2, K = 3; 10 pseudo-inputs, 3 components/clusters
+    total = {k: int(by[k]["params_total"]) for k in KEYS}
+    prior = {k: int(by[k]["params_prior"]) for k in KEYS}
+    assert prior["vae"] == 0 and all(prior[k] == 0 for k in KEYS[5:])  # X-VAE's prior is frozen
+    assert prior["vamp"] == 10 * 2 and total["vamp"] == total["vae"] + 20
+    assert prior["mog"] == 3 * (2 * 3 + 1) and total["mog"] == total["vae"] + 21
+    assert prior["gmvae"] == 2 * 3 * 3 and prior["hierarchical"] > 0
+    assert total["single"] == total["vae"] and total["full"] == total["vae"] + 64 * 3 + 3  # logits head
+    # the X-VAE rows share one stage-1 autoencoder
+    assert len({by[k]["stage1_params"] for k in KEYS[5:]}) == 1 and int(by["full"]["stage1_params"]) > 0
+    assert load_ck(by["full"]["run"])["config"]["stage1_from"] == by["single"]["run"]
+
+    with open(os.path.join(out, "comparison.md")) as f:
+        md = f.read()
+    assert "| Model | train | test | recon | KL | params total | params prior |" in md
+    for name in ("Standard VAE", "VampPrior VAE", "Hierarchical VAE", "Standard MoG VAE", "GM-VAE",
+                 "X-VAE single-Gaussian", "X-VAE transport K (full)", "X-VAE (K-1)+1 (pi^q, N^q)"):
+        assert f"| {name} |" in md, name
+    assert md.count("\n| ") == 1 + 14 and md.count("**") == 2  # header and 14 rows; one best
+
+    # run again: every finished run is reused (nothing retrained), with the same numbers
+    mtime = os.path.getmtime(os.path.join(by["gmvae"]["run"], "checkpoint.pt"))
+    with one_thread():
+        again = run_comparison("clusters", 0, out, quick=True, verbose=False)
+    assert [r["status"] for r in again] == ["reused"] * 14
+    assert os.path.getmtime(os.path.join(by["gmvae"]["run"], "checkpoint.pt")) == mtime
+    assert [float(r["test_objective"]) for r in rows] == pytest.approx([r["test_objective"] for r in again])
+    # a different budget in the same folder is refused rather than mixed into the table
+    with one_thread(), pytest.raises(ConfigError, match="other options.*epochs_vae"):
+        run_comparison("clusters", 0, out, models=["vae"], epochs=2, quick=True, verbose=False)
+    with pytest.raises(ConfigError, match="unknown model"):
+        run_comparison("clusters", 0, out, models=["vq-vae"], verbose=False)

@@ -1,0 +1,78 @@
+"""VampPrior VAE (Tomczak and Welling, 2018): the prior is the mixture of the encoder's own posteriors at
+C learned pseudo-inputs u_1..u_C,
+
+    p(z) = 1/C sum_c q(z | u_c),
+
+so it is re-evaluated with the current encoder at every step. Its KL has no closed form: the loss uses
+the single-sample Monte Carlo estimate log q(z|x) - log p(z) at the reparameterised z, with log p(z)
+from the fused `mixture_log_prob` op (C = number of pseudo-inputs). Sampling draws a pseudo-input
+component uniformly and z from that component's posterior Gaussian (the model's own prior, not
+N(0, I)).
+
+Pseudo-inputs have the data's shape. As in the authors' code, images keep them in [0, 1] (a hardtanh
+of the raw parameters, initialised N(0.05, 0.01)); vector data use them unconstrained, initialised
+N(0, 1). Their count is `--pseudo-inputs` (paper Table 5: 200 for MNIST, 32 for CelebA). They are the
+prior's trainable parameters: C x (input size).
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .baseline import BaselineVAE, log_normal, reparameterize, sample_diag_mixture, uniform_log_weights
+
+
+class VampPriorVAE(BaselineVAE):
+    mode = "vamp"
+
+    def __init__(self, kind: str, shape: Sequence[int], latent: int, pseudo_inputs: int = 200,
+                 hidden: Sequence[int] = (128, 128), ops=None):
+        super().__init__(kind, shape, latent, hidden, ops)
+        if pseudo_inputs < 1:
+            raise ValueError(f"the VampPrior needs at least one pseudo-input, got {pseudo_inputs}")
+        f = self.body.features
+        self.mu_head = nn.Linear(f, latent)
+        self.logvar_head = nn.Linear(f, latent)
+        u = torch.empty(pseudo_inputs, *self.shape)
+        if kind == "image":
+            nn.init.normal_(u, 0.05, 0.01)
+        else:
+            nn.init.normal_(u, 0.0, 1.0)
+        self.pseudo = nn.Parameter(u)
+
+    @property
+    def num_pseudo_inputs(self) -> int:
+        return self.pseudo.shape[0]
+
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The pseudo-inputs in data space (images clamped to [0, 1])."""
+        return F.hardtanh(self.pseudo, 0.0, 1.0) if self.kind == "image" else self.pseudo
+
+    def prior_parameters(self) -> Iterable[nn.Parameter]:
+        return [self.pseudo]
+
+    def encode(self, x: torch.Tensor):
+        h = self.body(x)
+        return None, self.mu_head(h).float(), self.logvar_head(h).float()
+
+    def prior_components(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log_weights (C,), means (C, K), log_vars (C, K)): the posteriors at the pseudo-inputs."""
+        _, m, lv = self.encode(self.pseudo_inputs())
+        return uniform_log_weights(m.shape[0], m), m, lv
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        lw, m, lv = self.prior_components()
+        return self.ops.mixture_log_prob(z, lw, m, lv)
+
+    def _loss_terms(self, x, generator=None):
+        _, mu, logvar = self.encode(x)
+        z = reparameterize(mu, logvar, generator)
+        kl = (log_normal(z, mu, logvar) - self.log_prior(z)).mean()
+        return self.decode(z), z, mu, logvar, None, torch.zeros_like(kl), kl
+
+    def sample_latent(self, n: int, alpha: float = 1.0, generator=None) -> torch.Tensor:
+        lw, m, lv = self.prior_components()
+        return sample_diag_mixture(self.ops, lw.exp(), m, torch.exp(0.5 * lv), n, alpha, generator)
