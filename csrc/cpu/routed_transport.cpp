@@ -5,10 +5,104 @@
 
 #include "../categorical_table.h"
 #include "../checks.h"
+#include "categorical_cpu.h"
 #include "noise_cpu.h"
 
 namespace xvae {
 namespace {
+
+// Plans whose every coordinate routes by pi_p per element and takes its source noise from the prior
+// component's value at the coordinate (full, split-*), with K even: z[i,k] needs eta[i,k], the
+// component c ~ Cat(pi_p) and M[c,k], S[c,k]. Elements are processed in blocks of 16 columns (8
+// Philox pairs of one row) for a tile of rows at a time, so the blocks' slice of the prior tables,
+// stored column-major as (M[c,k], S[c,k]) pairs, stays in L1 instead of every element missing into
+// a K x K table. Same draws and arithmetic as the per-row loop of routed_transport_kernel.
+template <typename scalar_t>
+void routed_transport_prior_blocked(const scalar_t* mup, const scalar_t* lvp, const at::opmath_type<scalar_t>* M,
+                                    const at::opmath_type<scalar_t>* S, const CategoricalTable& tp,
+                                    const int32_t* codes, int64_t B, int64_t K, uint64_t seed,
+                                    uint64_t offset, scalar_t* zp) {
+  using acc_t = at::opmath_type<scalar_t>;
+  struct Entry {
+    acc_t m, s;
+  };
+  // table[k * K + c] = (M[c,k], S[c,k]) (C == K).
+  std::vector<Entry> table(static_cast<size_t>(K * K));
+  at::parallel_for(0, K, 16, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      for (int64_t c = 0; c < K; ++c) table[k * K + c] = {M[c * K + k], S[c * K + k]};
+  });
+  std::vector<acc_t> m_diag(K), inv_s_diag(K), direct(K);
+  bool any_direct = false;
+  for (int64_t k = 0; k < K; ++k) {
+    m_diag[k] = M[k * K + k];
+    inv_s_diag[k] = acc_t(1) / S[k * K + k];
+    direct[k] = plan_direct(codes[k]) ? acc_t(1) : acc_t(0);
+    any_direct |= plan_direct(codes[k]);
+  }
+  const CategoricalBatch cat(tp, static_cast<int32_t>(K));
+  const uint64_t off_blocks = offset / 4;
+  constexpr int64_t kCols = 16;  // one draw_pairs8 per row and block
+  constexpr int64_t kTileRows = 32;
+  at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 14) / K), [&](int64_t i0, int64_t i1) {
+    alignas(64) acc_t eta[kCols], eps[kCols], mu_b[kCols], lv_b[kCols], z_b[kCols];
+    alignas(64) uint32_t word[kCols];
+    alignas(64) int32_t comp[kCols];
+    for (int64_t t0 = i0; t0 < i1; t0 += kTileRows) {
+      const int64_t t1 = std::min(t0 + kTileRows, i1);
+      for (int64_t kb = 0; kb < K; kb += kCols) {
+        const int64_t n = std::min(kCols, K - kb);
+        const Entry* tab = table.data() + kb * K;
+        for (int64_t i = t0; i < t1; ++i) {
+          // The walk over a tile's rows one block at a time strides by a row: prefetch what this row
+          // reads and writes at its next block (or the next tile's row at its first block).
+          const int64_t pf = kb + kCols < K ? i * K + kb + kCols : (i + kTileRows < B ? (i + kTileRows) * K : -1);
+          if (pf >= 0) {
+            for (int64_t b = 0; b < kCols; b += 64 / static_cast<int64_t>(sizeof(scalar_t))) {
+              __builtin_prefetch(mup + pf + b, 0, 3);
+              __builtin_prefetch(lvp + pf + b, 0, 3);
+              __builtin_prefetch(zp + pf + b, 1, 3);
+            }
+          }
+          draw_pairs8<acc_t>(seed, off_blocks, static_cast<uint64_t>((i * K + kb) >> 1), eta, word);
+          cat.draw(word, static_cast<int>(n), comp);
+          for (int64_t l = 0; l < n; ++l) {
+            const Entry& e = tab[l * K + comp[l]];
+            eps[l] = e.m + e.s * eta[l];
+          }
+          const acc_t* mr;
+          const acc_t* vr;
+          acc_t* zr;
+          if constexpr (std::is_same<scalar_t, acc_t>::value) {
+            mr = mup + i * K + kb;
+            vr = lvp + i * K + kb;
+            zr = zp + i * K + kb;
+          } else {
+            for (int64_t l = 0; l < n; ++l) {
+              mu_b[l] = static_cast<acc_t>(mup[i * K + kb + l]);
+              lv_b[l] = static_cast<acc_t>(lvp[i * K + kb + l]);
+            }
+            mr = mu_b;
+            vr = lv_b;
+            zr = z_b;
+          }
+          const acc_t* md = m_diag.data() + kb;
+          const acc_t* isd = inv_s_diag.data() + kb;
+          const acc_t* dr = direct.data() + kb;
+          for_each_lane<acc_t>(n, [&](auto t, int64_t l) {
+            using T = decltype(t);
+            const T e = ld(eps + l, t);
+            const T moved = transport(ld(mr + l, t), ld(vr + l, t), e, ld(md + l, t), ld(isd + l, t));
+            st(zr + l, any_direct ? where_lt(T(0.5), ld(dr + l, t), e, moved) : moved);
+          });
+          if constexpr (!std::is_same<scalar_t, acc_t>::value) {
+            for (int64_t l = 0; l < n; ++l) zp[i * K + kb + l] = static_cast<scalar_t>(z_b[l]);
+          }
+        }
+      }
+    }
+  });
+}
 
 template <typename scalar_t, typename comp_t>
 void routed_transport_kernel(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& M_t,
@@ -39,6 +133,10 @@ void routed_transport_kernel(const at::Tensor& mu, const at::Tensor& logvar, con
   const scalar_t* mup = mu.data_ptr<scalar_t>();
   const scalar_t* lvp = logvar.data_ptr<scalar_t>();
   scalar_t* zp = z.data_ptr<scalar_t>();
+  if (all_prior_routed && K % 2 == 0) {
+    routed_transport_prior_blocked<scalar_t>(mup, lvp, M, S, tp, codes, B, K, seed, offset, zp);
+    return;
+  }
   comp_t* cp = P > 0 ? comp.data_ptr<comp_t>() : nullptr;
   const uint64_t off_blocks = offset / 4;
 
