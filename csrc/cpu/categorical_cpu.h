@@ -17,9 +17,37 @@
 #include <immintrin.h>
 #endif
 
+#include <ATen/ops/empty.h>
+
+#include "../categorical_table.h"
 #include "../xvae_math.h"
 
 namespace xvae {
+
+// build_categorical for CPU weights, the same tables: the CDF by the same at::cumsum, the guide by
+// one merge of the (increasing) bucket thresholds into the CDF instead of a binary search per bucket.
+// The thresholds are the same float64 products, arange(G) * (1 / G) * total, so every guide entry is
+// the first c with cdf[c] > threshold (searchsorted right), clamped to C - 1.
+inline CategoricalTensors build_categorical_cpu(const at::Tensor& weights) {
+  const int64_t C = weights.numel();
+  const int64_t G = kGuideBucketsPerComponent * C;
+  auto cdf = at::cumsum(weights.to(at::kDouble), 0).contiguous();
+  auto guide = at::empty({G}, cdf.options().dtype(at::kInt));
+  const double* p = cdf.data_ptr<double>();
+  int32_t* g = guide.data_ptr<int32_t>();
+  for (int64_t c = 1; c < C; ++c)
+    if (!(p[c] >= p[c - 1])) return build_categorical(weights);  // not a CDF: ATen's search as is
+  const double total = p[C - 1];
+  const double step = 1.0 / static_cast<double>(G);
+  int64_t c = 0;
+  for (int64_t j = 0; j < G; ++j) {
+    const double threshold = (static_cast<double>(j) * step) * total;
+    if (!(threshold >= 0.0)) return build_categorical(weights);  // NaN or a negative total
+    while (c < C && p[c] <= threshold) ++c;
+    g[j] = static_cast<int32_t>(c < C - 1 ? c : C - 1);
+  }
+  return {cdf, guide};
+}
 
 struct CategoricalBatch {
   CategoricalTable table;

@@ -14,24 +14,16 @@ namespace {
 // Plans whose every coordinate routes by pi_p per element and takes its source noise from the prior
 // component's value at the coordinate (full, split-*), with K even: z[i,k] needs eta[i,k], the
 // component c ~ Cat(pi_p) and M[c,k], S[c,k]. Elements are processed in blocks of 16 columns (8
-// Philox pairs of one row) for a tile of rows at a time, so the blocks' slice of the prior tables,
-// stored column-major as (M[c,k], S[c,k]) pairs, stays in L1 instead of every element missing into
-// a K x K table. Same draws and arithmetic as the per-row loop of routed_transport_kernel.
+// Philox pairs of one row) for a tile of rows at a time, so the block's slice of the prior tables
+// (16 columns: one cache line per component row of M and of S) stays in L1 instead of every element
+// missing into the K x K tables. Same draws and arithmetic as the per-row loop of
+// routed_transport_kernel.
 template <typename scalar_t>
 void routed_transport_prior_blocked(const scalar_t* mup, const scalar_t* lvp, const at::opmath_type<scalar_t>* M,
                                     const at::opmath_type<scalar_t>* S, const CategoricalTable& tp,
                                     const int32_t* codes, int64_t B, int64_t K, uint64_t seed,
                                     uint64_t offset, scalar_t* zp) {
   using acc_t = at::opmath_type<scalar_t>;
-  struct Entry {
-    acc_t m, s;
-  };
-  // table[k * K + c] = (M[c,k], S[c,k]) (C == K).
-  std::vector<Entry> table(static_cast<size_t>(K * K));
-  at::parallel_for(0, K, 16, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k)
-      for (int64_t c = 0; c < K; ++c) table[k * K + c] = {M[c * K + k], S[c * K + k]};
-  });
   std::vector<acc_t> m_diag(K), inv_s_diag(K), direct(K);
   bool any_direct = false;
   for (int64_t k = 0; k < K; ++k) {
@@ -44,19 +36,25 @@ void routed_transport_prior_blocked(const scalar_t* mup, const scalar_t* lvp, co
   const uint64_t off_blocks = offset / 4;
   constexpr int64_t kCols = 16;  // one draw_pairs8 per row and block
   constexpr int64_t kTileRows = 32;
-  at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 14) / K), [&](int64_t i0, int64_t i1) {
+  parallel_tasks((B + kTileRows - 1) / kTileRows, [&](int64_t tile) {
     alignas(64) acc_t eta[kCols], eps[kCols], mu_b[kCols], lv_b[kCols], z_b[kCols];
     alignas(64) uint32_t word[kCols];
     alignas(64) int32_t comp[kCols];
-    for (int64_t t0 = i0; t0 < i1; t0 += kTileRows) {
-      const int64_t t1 = std::min(t0 + kTileRows, i1);
+    {
+      const int64_t t0 = tile * kTileRows, t1 = std::min(t0 + kTileRows, B);
+      for (int64_t i = t0; i < t1; ++i) {  // the tile's first block (later ones: below)
+        for (int64_t b = 0; b < std::min(kCols, K); b += 64 / static_cast<int64_t>(sizeof(scalar_t))) {
+          __builtin_prefetch(mup + i * K + b, 0, 3);
+          __builtin_prefetch(lvp + i * K + b, 0, 3);
+          __builtin_prefetch(zp + i * K + b, 1, 3);
+        }
+      }
       for (int64_t kb = 0; kb < K; kb += kCols) {
         const int64_t n = std::min(kCols, K - kb);
-        const Entry* tab = table.data() + kb * K;
         for (int64_t i = t0; i < t1; ++i) {
           // The walk over a tile's rows one block at a time strides by a row: prefetch what this row
           // reads and writes at its next block (or the next tile's row at its first block).
-          const int64_t pf = kb + kCols < K ? i * K + kb + kCols : (i + kTileRows < B ? (i + kTileRows) * K : -1);
+          const int64_t pf = kb + kCols < K ? i * K + kb + kCols : -1;
           if (pf >= 0) {
             for (int64_t b = 0; b < kCols; b += 64 / static_cast<int64_t>(sizeof(scalar_t))) {
               __builtin_prefetch(mup + pf + b, 0, 3);
@@ -67,8 +65,8 @@ void routed_transport_prior_blocked(const scalar_t* mup, const scalar_t* lvp, co
           draw_pairs8<acc_t>(seed, off_blocks, static_cast<uint64_t>((i * K + kb) >> 1), eta, word);
           cat.draw(word, static_cast<int>(n), comp);
           for (int64_t l = 0; l < n; ++l) {
-            const Entry& e = tab[l * K + comp[l]];
-            eps[l] = e.m + e.s * eta[l];
+            const int64_t at = comp[l] * K + kb + l;
+            eps[l] = M[at] + S[at] * eta[l];
           }
           const acc_t* mr;
           const acc_t* vr;
@@ -223,9 +221,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_transport_cpu(
   at::Tensor comp = at::empty({B, num_posterior}, mu_in.options().dtype(component_dtype(K)));
   if (B > 0 && K > 0) {
     auto mu = mu_in.contiguous(), logvar = logvar_in.contiguous();
-    auto tab_p = build_categorical(pi_p);
+    auto tab_p = build_categorical_cpu(pi_p);
     std::optional<CategoricalTensors> tab_q;
-    if (pi_q.has_value()) tab_q = build_categorical(*pi_q);
+    if (pi_q.has_value()) tab_q = build_categorical_cpu(*pi_q);
     XVAE_DISPATCH_FLOATING(mu.scalar_type(), "routed_transport_cpu", [&] {
       if (comp.scalar_type() == at::kShort) {
         routed_transport_kernel<scalar_t, int16_t>(mu, logvar, means.contiguous(), stds.contiguous(),
@@ -258,22 +256,29 @@ void routed_transport_backward_kernel(const at::Tensor& gz, const at::Tensor& z,
     // or on nothing (direct draw from the prior), so the backward is elementwise and vectorised.
     std::vector<acc_t> moved(K);
     for (int64_t k = 0; k < K; ++k) moved[k] = routed_grad_column(codes[k], int32_t(k), cp) == k;
-    at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(K, 1)),
-                     [&](int64_t i0, int64_t i1) {
+    constexpr bool same = std::is_same<scalar_t, acc_t>::value;
+    const int64_t rows_per_task = std::max<int64_t>(1, (int64_t(1) << 13) / K);
+    parallel_tasks((B + rows_per_task - 1) / rows_per_task, [&](int64_t task) {
+      const int64_t i0 = task * rows_per_task, i1 = std::min(i0 + rows_per_task, B);
       RowReader<scalar_t, acc_t> Gr(gp, K), Zr(zp, K), Mr(mup, K);
-      std::vector<acc_t> am(K), av(K);
+      std::vector<acc_t> am(same ? 0 : K), av(same ? 0 : K);
       for (int64_t i = i0; i < i1; ++i) {
         const acc_t* g = Gr.row(i);
         const acc_t* zr = Zr.row(i);
         const acc_t* mr = Mr.row(i);
+        // float32 and float64 write the gradients in place; other dtypes through a row buffer.
+        acc_t* om = same ? reinterpret_cast<acc_t*>(dmp + i * K) : am.data();
+        acc_t* ov = same ? reinterpret_cast<acc_t*>(dvp + i * K) : av.data();
         for_each_lane<acc_t>(K, [&](auto t, int64_t k) {
           using T = decltype(t);
           const T gm = ld(g + k, t) * ld(moved.data() + k, t);
-          st(am.data() + k, gm);
-          st(av.data() + k, T(0.5) * gm * (ld(zr + k, t) - ld(mr + k, t)));
+          st(om + k, gm);
+          st(ov + k, T(0.5) * gm * (ld(zr + k, t) - ld(mr + k, t)));
         });
-        store_row(dmp + i * K, am.data(), K);
-        store_row(dvp + i * K, av.data(), K);
+        if (!same) {
+          store_row(dmp + i * K, am.data(), K);
+          store_row(dvp + i * K, av.data(), K);
+        }
       }
     });
     return;
