@@ -1,12 +1,5 @@
-// CPU batch form of the inverse-CDF categorical draw (xvae_math.h: sample_categorical), with the
-// same results bit for bit.
-//
-// sample_categorical starts at c0 = guide[j] and walks: up while c < C-1 and cdf[c] <= target, then
-// down while c > 0 and cdf[c-1] > target. With the padded CDF
-//   bound[0] = -inf, bound[c+1] = cdf[c] (c = 0 .. C-2), bound[C] = bound[C+1] = +inf,
-// the walk from c0 ends at c0 + (target >= bound[c0+1]) unless target < bound[c0] (a step down) or
-// target >= bound[c0+2] (a second step up); those rare lanes take sample_categorical itself. So a
-// draw costs one guide load and three loads of adjacent bounds, without a branch per element.
+// CPU helpers for the inverse-CDF categorical draw (xvae_math.h: sample_categorical), with the same
+// results bit for bit.
 #pragma once
 
 #include <cstdint>
@@ -49,25 +42,67 @@ inline CategoricalTensors build_categorical_cpu(const at::Tensor& weights) {
   return {cdf, guide};
 }
 
+// Batch form of sample_categorical for the CPU kernels.
+//
+// sample_categorical starts at c0 = guide[j] and walks: up while c < C-1 and cdf[c] <= target, then
+// down while c > 0 and cdf[c-1] > target. With the padded CDF
+//   bound[0] = -inf, bound[c+1] = cdf[c] (c = 0 .. C-2), bound[C] = bound[C+1] = +inf,
+// the walk from c0 ends at c0 + (target >= bound[c0+1]) unless target < bound[c0] (a step down) or
+// target >= bound[c0+2] (a second step up). The words x whose bucket is j form an interval (j and
+// target are non-decreasing functions of x), so the targets of bucket j lie between those of the
+// interval's ends: where that range stays inside [bound[c0], bound[c0+2]), every draw in the bucket
+// is c0 + (target >= bound[c0+1]). The other buckets (a bucket holding two
+// CDF steps, or rounding at an edge) are flagged, and their draws take sample_categorical itself.
 struct CategoricalBatch {
-  CategoricalTable table;
-  int32_t C = 0;
-  double total = 0;  // cdf[C-1]
-  std::vector<double> bound;  // (C + 2,)
+  static constexpr int32_t kFlag = int32_t(1) << 30;  // in start[j]: take sample_categorical
 
-  CategoricalBatch(CategoricalTable t, int32_t C_) : table(t), C(C_), total(t.cdf[C_ - 1]) {
+  CategoricalTable table;
+  int32_t C = 0, G = 0;
+  double total = 0;            // cdf[C-1]
+  std::vector<double> bound;   // (C + 2,)
+  std::vector<int32_t> start;  // (G,) c0 = guide[j], | kFlag for flagged buckets
+
+  // The bucket (j, as sample_categorical computes it) of word x.
+  int32_t bucket(uint64_t x) const {
+    const double u = uniform_open(static_cast<uint32_t>(x));
+    const int32_t j = static_cast<int32_t>(u * G);
+    return j < G ? j : G - 1;
+  }
+
+  CategoricalBatch(CategoricalTable t, int32_t C_)
+      : table(t), C(C_), G(kGuideBucketsPerComponent * C_), total(t.cdf[C_ - 1]),
+        start(static_cast<size_t>(G)) {
     const double inf = std::numeric_limits<double>::infinity();
     bound.assign(static_cast<size_t>(C) + 2, inf);
     bound[0] = -inf;
     for (int32_t c = 0; c + 1 < C; ++c) bound[c + 1] = t.cdf[c];
+    const bool usable = total > 0 && total < inf;
+    // first[j]: the smallest word in bucket j or above (first[G] = 2^32), from the estimate
+    // j 2^32 / G corrected by the exact bucket function.
+    constexpr uint64_t kWords = uint64_t(1) << 32;
+    std::vector<uint64_t> first(static_cast<size_t>(G) + 1, kWords);
+    first[0] = 0;
+    for (int32_t j = 1; j < G && usable; ++j) {
+      uint64_t x = (static_cast<uint64_t>(j) << 32) / static_cast<uint64_t>(G);
+      while (x > 0 && bucket(x - 1) >= j) --x;
+      while (x < kWords && bucket(x) < j) ++x;
+      first[j] = x;
+    }
+    for (int32_t j = 0; j < G; ++j) {
+      const int32_t c0 = t.guide[j];
+      bool clean = usable && first[j] < first[j + 1];
+      if (clean) {
+        const double lo = uniform_open(static_cast<uint32_t>(first[j])) * total;
+        const double hi = uniform_open(static_cast<uint32_t>(first[j + 1] - 1)) * total;
+        clean = lo >= bound[c0] && hi < bound[c0 + 2];
+      }
+      start[j] = c0 | (clean ? 0 : kFlag);
+    }
   }
 
-  // The components of n <= 16 elements from their 32-bit words (uniform_open(word[l]) each).
-  template <typename comp_t>
-  void draw(const uint32_t* word, int n, comp_t* out) const {
-    alignas(32) double target[16];
-    alignas(32) int32_t j[16];
-    const int32_t G = kGuideBucketsPerComponent * C;
+  // Per element of word[0 .. n) (n <= 16): the bucket j[l] and target[l] = uniform_open(word) *
+  // total, the float64 products of sample_categorical.
+  void prepare(const uint32_t* word, int n, int32_t* j, double* target) const {
     int l = 0;
 #if defined(CPU_CAPABILITY_AVX2)
     const __m128i flip = _mm_set1_epi32(static_cast<int32_t>(0x80000000u));
@@ -76,12 +111,11 @@ struct CategoricalBatch {
       const __m128i w = _mm_loadu_si128(reinterpret_cast<const __m128i*>(word + l));
       const __m256d x = _mm256_add_pd(_mm256_cvtepi32_pd(_mm_xor_si128(w, flip)),
                                       _mm256_set1_pd(2147483648.0));
-      // uniform_open, then the same two products as sample_categorical.
       const __m256d u = _mm256_mul_pd(_mm256_add_pd(x, _mm256_set1_pd(0.5)),
                                       _mm256_set1_pd(2.3283064365386962890625e-10));
-      _mm256_store_pd(target + l, _mm256_mul_pd(u, _mm256_set1_pd(total)));
+      _mm256_storeu_pd(target + l, _mm256_mul_pd(u, _mm256_set1_pd(total)));
       const __m128i jj = _mm256_cvttpd_epi32(_mm256_mul_pd(u, _mm256_set1_pd(static_cast<double>(G))));
-      _mm_store_si128(reinterpret_cast<__m128i*>(j + l), _mm_min_epi32(jj, gmax));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(j + l), _mm_min_epi32(jj, gmax));
     }
 #endif
     for (; l < n; ++l) {
@@ -90,22 +124,18 @@ struct CategoricalBatch {
       const int32_t jj = static_cast<int32_t>(u * G);
       j[l] = jj < G ? jj : G - 1;
     }
-    const double* b = bound.data();
-    const int32_t* guide = table.guide;
-    uint32_t bad = 0;
-    for (l = 0; l < n; ++l) {
-      const int32_t c0 = guide[j[l]];
-      const double t = target[l];
-      const double* p = b + c0;
-      out[l] = static_cast<comp_t>(c0 + (t >= p[1] ? 1 : 0));
-      bad |= static_cast<uint32_t>((t < p[0]) | (t >= p[2])) << l;
-    }
-    while (bad) {
-      const int lane = __builtin_ctz(bad);
-      bad &= bad - 1;
-      out[lane] = static_cast<comp_t>(sample_categorical(table, C, uniform_open(word[lane])));
-    }
   }
+
+  // The component of a prepared element, exact unless the bucket is flagged: then flags gets kFlag
+  // and the element needs exact() (the value returned is still a valid component index).
+  int32_t fast(int32_t j, double target, int32_t& flags) const {
+    const int32_t s = start[j];
+    flags |= s;
+    const int32_t c0 = s & ~kFlag;
+    return c0 + (target >= bound[c0 + 1] ? 1 : 0);
+  }
+  bool flagged(int32_t j) const { return (start[j] & kFlag) != 0; }
+  int32_t exact(uint32_t word) const { return sample_categorical(table, C, uniform_open(word)); }
 };
 
 }  // namespace xvae

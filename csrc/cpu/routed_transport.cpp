@@ -3,6 +3,8 @@
 // which returns the draws a given rng_state produces (for the reference and the tests).
 #include <torch/library.h>
 
+#include <memory>
+
 #include "../categorical_table.h"
 #include "../checks.h"
 #include "categorical_cpu.h"
@@ -13,17 +15,33 @@ namespace {
 
 // Plans whose every coordinate routes by pi_p per element and takes its source noise from the prior
 // component's value at the coordinate (full, split-*), with K even: z[i,k] needs eta[i,k], the
-// component c ~ Cat(pi_p) and M[c,k], S[c,k]. Elements are processed in blocks of 16 columns (8
-// Philox pairs of one row) for a tile of rows at a time, so the block's slice of the prior tables
-// (16 columns: one cache line per component row of M and of S) stays in L1 instead of every element
-// missing into the K x K tables. Same draws and arithmetic as the per-row loop of
-// routed_transport_kernel.
+// component c ~ Cat(pi_p) and M[c,k], S[c,k]. The work is split into tasks of one block of 16
+// columns (8 Philox pairs of a row) over a range of rows. A task reads its block's slice of the
+// prior tables, copied once per call into a block-major table of (M[c,k], S[c,k]) pairs: 32 KB
+// contiguous for K = 256, so it stays in L1 for the whole task (a 16-column slice of the row-major
+// tables has a K-float stride, which maps all its lines to a few cache sets). Same draws and
+// arithmetic as the per-row loop of routed_transport_kernel.
 template <typename scalar_t>
 void routed_transport_prior_blocked(const scalar_t* mup, const scalar_t* lvp, const at::opmath_type<scalar_t>* M,
                                     const at::opmath_type<scalar_t>* S, const CategoricalTable& tp,
                                     const int32_t* codes, int64_t B, int64_t K, uint64_t seed,
                                     uint64_t offset, scalar_t* zp) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kCols = 16;      // one PairDrawer call per row and block
+  constexpr int64_t kTaskRows = 256;  // rows per task
+  constexpr int64_t kAhead = 4;      // rows of prefetch ahead
+  struct Entry {
+    acc_t m, s;
+  };
+  const int64_t n_blocks = (K + kCols - 1) / kCols;
+  // table[(b * K + c) * kCols + l] = (M[c, k], S[c, k]) for k = b * kCols + l.
+  std::unique_ptr<Entry[]> table(new Entry[static_cast<size_t>(n_blocks * K * kCols)]);
+  parallel_tasks(n_blocks, [&](int64_t b) {
+    const int64_t k0 = b * kCols, n = std::min(kCols, K - k0);
+    Entry* out = table.get() + b * K * kCols;
+    for (int64_t c = 0; c < K; ++c)
+      for (int64_t l = 0; l < n; ++l) out[c * kCols + l] = {M[c * K + k0 + l], S[c * K + k0 + l]};
+  });
   std::vector<acc_t> m_diag(K), inv_s_diag(K), direct(K);
   bool any_direct = false;
   for (int64_t k = 0; k < K; ++k) {
@@ -33,70 +51,78 @@ void routed_transport_prior_blocked(const scalar_t* mup, const scalar_t* lvp, co
     any_direct |= plan_direct(codes[k]);
   }
   const CategoricalBatch cat(tp, static_cast<int32_t>(K));
-  const uint64_t off_blocks = offset / 4;
-  constexpr int64_t kCols = 16;  // one draw_pairs8 per row and block
-  constexpr int64_t kTileRows = 32;
-  parallel_tasks((B + kTileRows - 1) / kTileRows, [&](int64_t tile) {
+  const PairDrawer<acc_t> draw(seed, offset / 4);
+  const int64_t n_row_ranges = (B + kTaskRows - 1) / kTaskRows;
+  constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(scalar_t));
+  parallel_tasks(n_blocks * n_row_ranges, [&](int64_t task) {
+    // Tasks in the order (row range, block) would reload the table per task; (block, row range)
+    // keeps consecutive tasks of a thread on the same slice.
+    const int64_t b = task / n_row_ranges, r = task % n_row_ranges;
+    const int64_t kb = b * kCols, n = std::min(kCols, K - kb);
+    const int64_t i0 = r * kTaskRows, i1 = std::min(i0 + kTaskRows, B);
+    const Entry* tab = table.get() + b * K * kCols;
+    const acc_t* md = m_diag.data() + kb;
+    const acc_t* isd = inv_s_diag.data() + kb;
+    const acc_t* dr = direct.data() + kb;
     alignas(64) acc_t eta[kCols], eps[kCols], mu_b[kCols], lv_b[kCols], z_b[kCols];
     alignas(64) uint32_t word[kCols];
-    alignas(64) int32_t comp[kCols];
-    {
-      const int64_t t0 = tile * kTileRows, t1 = std::min(t0 + kTileRows, B);
-      for (int64_t i = t0; i < t1; ++i) {  // the tile's first block (later ones: below)
-        for (int64_t b = 0; b < std::min(kCols, K); b += 64 / static_cast<int64_t>(sizeof(scalar_t))) {
-          __builtin_prefetch(mup + i * K + b, 0, 3);
-          __builtin_prefetch(lvp + i * K + b, 0, 3);
-          __builtin_prefetch(zp + i * K + b, 1, 3);
+    alignas(64) int32_t bucket[kCols];
+    alignas(64) double target[kCols];
+    for (int64_t i = i0; i < std::min(i0 + kAhead, i1); ++i) {
+      for (int64_t l = 0; l < n; l += kLine) {
+        __builtin_prefetch(mup + i * K + kb + l, 0, 3);
+        __builtin_prefetch(lvp + i * K + kb + l, 0, 3);
+        __builtin_prefetch(zp + i * K + kb + l, 1, 3);
+      }
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      // Rows are a row apart (K elements): prefetch the block of a row kAhead rows down.
+      if (i + kAhead < i1) {
+        const int64_t pf = (i + kAhead) * K + kb;
+        for (int64_t l = 0; l < n; l += kLine) {
+          __builtin_prefetch(mup + pf + l, 0, 3);
+          __builtin_prefetch(lvp + pf + l, 0, 3);
+          __builtin_prefetch(zp + pf + l, 1, 3);
         }
       }
-      for (int64_t kb = 0; kb < K; kb += kCols) {
-        const int64_t n = std::min(kCols, K - kb);
-        for (int64_t i = t0; i < t1; ++i) {
-          // The walk over a tile's rows one block at a time strides by a row: prefetch what this row
-          // reads and writes at its next block (or the next tile's row at its first block).
-          const int64_t pf = kb + kCols < K ? i * K + kb + kCols : -1;
-          if (pf >= 0) {
-            for (int64_t b = 0; b < kCols; b += 64 / static_cast<int64_t>(sizeof(scalar_t))) {
-              __builtin_prefetch(mup + pf + b, 0, 3);
-              __builtin_prefetch(lvp + pf + b, 0, 3);
-              __builtin_prefetch(zp + pf + b, 1, 3);
-            }
-          }
-          draw_pairs8<acc_t>(seed, off_blocks, static_cast<uint64_t>((i * K + kb) >> 1), eta, word);
-          cat.draw(word, static_cast<int>(n), comp);
-          for (int64_t l = 0; l < n; ++l) {
-            const int64_t at = comp[l] * K + kb + l;
-            eps[l] = M[at] + S[at] * eta[l];
-          }
-          const acc_t* mr;
-          const acc_t* vr;
-          acc_t* zr;
-          if constexpr (std::is_same<scalar_t, acc_t>::value) {
-            mr = mup + i * K + kb;
-            vr = lvp + i * K + kb;
-            zr = zp + i * K + kb;
-          } else {
-            for (int64_t l = 0; l < n; ++l) {
-              mu_b[l] = static_cast<acc_t>(mup[i * K + kb + l]);
-              lv_b[l] = static_cast<acc_t>(lvp[i * K + kb + l]);
-            }
-            mr = mu_b;
-            vr = lv_b;
-            zr = z_b;
-          }
-          const acc_t* md = m_diag.data() + kb;
-          const acc_t* isd = inv_s_diag.data() + kb;
-          const acc_t* dr = direct.data() + kb;
-          for_each_lane<acc_t>(n, [&](auto t, int64_t l) {
-            using T = decltype(t);
-            const T e = ld(eps + l, t);
-            const T moved = transport(ld(mr + l, t), ld(vr + l, t), e, ld(md + l, t), ld(isd + l, t));
-            st(zr + l, any_direct ? where_lt(T(0.5), ld(dr + l, t), e, moved) : moved);
-          });
-          if constexpr (!std::is_same<scalar_t, acc_t>::value) {
-            for (int64_t l = 0; l < n; ++l) zp[i * K + kb + l] = static_cast<scalar_t>(z_b[l]);
-          }
+      draw(static_cast<uint64_t>((i * K + kb) >> 1), eta, word);
+      cat.prepare(word, static_cast<int>(n), bucket, target);
+      int32_t flags = 0;
+      for (int64_t l = 0; l < n; ++l) {
+        const Entry& e = tab[cat.fast(bucket[l], target[l], flags) * kCols + l];
+        eps[l] = e.m + e.s * eta[l];
+      }
+      if (flags & CategoricalBatch::kFlag) {  // rare: buckets the fast path cannot settle
+        for (int64_t l = 0; l < n; ++l) {
+          if (!cat.flagged(bucket[l])) continue;
+          const Entry& e = tab[cat.exact(word[l]) * kCols + l];
+          eps[l] = e.m + e.s * eta[l];
         }
+      }
+      const acc_t* mr;
+      const acc_t* vr;
+      acc_t* zr;
+      if constexpr (std::is_same<scalar_t, acc_t>::value) {
+        mr = mup + i * K + kb;
+        vr = lvp + i * K + kb;
+        zr = zp + i * K + kb;
+      } else {
+        for (int64_t l = 0; l < n; ++l) {
+          mu_b[l] = static_cast<acc_t>(mup[i * K + kb + l]);
+          lv_b[l] = static_cast<acc_t>(lvp[i * K + kb + l]);
+        }
+        mr = mu_b;
+        vr = lv_b;
+        zr = z_b;
+      }
+      for_each_lane<acc_t>(n, [&](auto t, int64_t l) {
+        using T = decltype(t);
+        const T e = ld(eps + l, t);
+        const T moved = transport(ld(mr + l, t), ld(vr + l, t), e, ld(md + l, t), ld(isd + l, t));
+        st(zr + l, any_direct ? where_lt(T(0.5), ld(dr + l, t), e, moved) : moved);
+      });
+      if constexpr (!std::is_same<scalar_t, acc_t>::value) {
+        for (int64_t l = 0; l < n; ++l) zp[i * K + kb + l] = static_cast<scalar_t>(z_b[l]);
       }
     }
   });
