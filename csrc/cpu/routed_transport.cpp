@@ -147,7 +147,8 @@ void routed_transport_kernel(const at::Tensor& mu, const at::Tensor& logvar, con
   const CategoricalTable tq = tab_q ? tab_q->view() : tp;
   bool any_row_tie = false;
   // Plans whose every coordinate routes by pi_p per element and draws from the routed component
-  // (full, split-*) take a loop without per-element plan decoding; same steps, same results.
+  // (full, split-*) skip the per-element plan decoding: with K even, routed_transport_prior_blocked;
+  // with K odd (a Philox pair can straddle two rows), the first loop below. Same steps, same results.
   bool all_prior_routed = true;
   for (int64_t k = 0; k < K; ++k) {
     any_row_tie |= plan_tie_row(codes[k]);
@@ -168,8 +169,9 @@ void routed_transport_kernel(const at::Tensor& mu, const at::Tensor& logvar, con
   std::vector<acc_t> direct(K);
   for (int64_t k = 0; k < K; ++k) direct[k] = plan_direct(codes[k]) ? acc_t(1) : acc_t(0);
 
-  at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(K, 1)),
-                   [&](int64_t i0, int64_t i1) {
+  const int64_t rows_per_task = std::max<int64_t>(1, (int64_t(1) << 13) / std::max<int64_t>(K, 1));
+  parallel_tasks((B + rows_per_task - 1) / rows_per_task, [&](int64_t task) {
+    const int64_t i0 = task * rows_per_task, i1 = std::min(i0 + rows_per_task, B);
     std::vector<acc_t> eta(K), eps(K), zrow(K);
     std::vector<uint32_t> word(K);
     RowReader<scalar_t, acc_t> Mr(mup, K), Vr(lvp, K);
