@@ -47,13 +47,13 @@ def test_parity_replayed_draws(device, dtype, plan):
         torch.testing.assert_close(a.double(), b.double(), **TOLS[dtype])
 
 
+@pytest.mark.parametrize("B", [3, 37])
 @pytest.mark.parametrize("K", [16, 18, 34])
 @pytest.mark.parametrize("plan", ["full", "split-2/3", "split-1/3"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
-def test_parity_replayed_draws_even_K(device, dtype, plan, K):
-    # Even K takes the CPU kernel's blocked path for prior-routed plans (16-column blocks, and a
-    # narrower last block when 16 does not divide K).
-    B = 37
+def test_parity_replayed_draws_even_K(device, dtype, plan, K, B):
+    # Even K with B >= K / 4 takes the CPU kernel's blocked path for prior-routed plans (16-column
+    # blocks, and a narrower last block when 16 does not divide K); B = 3 the per-row loop.
     prior = make_prior(K, device)
     l, mu, lv = make_inputs(B, K, device, dtype, requires_grad=True)
     z, comp, z_ref, c_ref = _fused_and_replayed(mu, lv, prior, plan, None)
