@@ -68,6 +68,7 @@ class Plan:
             codes.append(code)
         self.codes: Tuple[int, ...] = tuple(codes)
         self.num_posterior = slot
+        self._needs_pi_q = any(c.route == "posterior" for c in self.coordinates)
         self._device_codes: Dict[torch.device, torch.Tensor] = {}
 
     # -- properties ---------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ class Plan:
     @property
     def needs_pi_q(self) -> bool:
         """True if some coordinate routes by the posterior's pi_q."""
-        return any(c.route == "posterior" for c in self.coordinates)
+        return self._needs_pi_q
 
     def codes_tensor(self, device) -> torch.Tensor:
         device = torch.device(device)
@@ -132,10 +133,22 @@ class Plan:
         return cls(coords, name=name)
 
 
+# Presets resolved by name, kept: building a K-coordinate plan (and its device codes) on every op
+# call costs more than a small batch's kernel.
+_PRESET_CACHE: Dict[Tuple[str, int], Plan] = {}
+
+
 def resolve_plan(plan: Union[str, Plan, Iterable[CoordinatePlan]], K: int) -> Plan:
     """A Plan for K coordinates from a preset name, a Plan, or a list of CoordinatePlan."""
     if isinstance(plan, str):
-        return Plan.preset(plan, K)
+        key = (plan, K)
+        hit = _PRESET_CACHE.get(key) if isinstance(K, int) and not isinstance(K, bool) else None
+        if hit is None:
+            hit = Plan.preset(plan, K)
+            if len(_PRESET_CACHE) >= 64:
+                _PRESET_CACHE.clear()
+            _PRESET_CACHE[key] = hit
+        return hit
     if not isinstance(plan, Plan):
         plan = Plan(list(plan))
     if len(plan) != K:

@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 
+#include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "../xvae_math.h"
@@ -95,6 +97,25 @@ template <typename acc_t>
 inline acc_t row_max(const acc_t* x, int64_t K) {
   return at::vec::reduce_all<acc_t>(
       [](Vec<acc_t>& a, Vec<acc_t>& b) { return at::vec::maximum(a, b); }, x, K);
+}
+
+// Runs f(task) for every task in [0, n) on the intra-op threads; each thread claims the next task
+// from a shared counter instead of owning a fixed share, so a thread that starts late or is
+// descheduled (a loaded machine) delays only the task it holds. For work whose result does not
+// depend on which thread does which task.
+template <typename F>
+inline void parallel_tasks(int64_t n, F&& f) {
+  const int64_t nt = std::min<int64_t>(at::get_num_threads(), n);
+  if (nt <= 1 || at::in_parallel_region()) {
+    for (int64_t i = 0; i < n; ++i) f(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, nt, 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
+         i = next.fetch_add(1, std::memory_order_relaxed))
+      f(i);
+  });
 }
 
 // Grain (in row blocks) that gives each task at least ~32k elements.

@@ -3,12 +3,130 @@
 // which returns the draws a given rng_state produces (for the reference and the tests).
 #include <torch/library.h>
 
+#include <memory>
+
 #include "../categorical_table.h"
 #include "../checks.h"
+#include "categorical_cpu.h"
 #include "noise_cpu.h"
 
 namespace xvae {
 namespace {
+
+// Plans whose every coordinate routes by pi_p per element and takes its source noise from the prior
+// component's value at the coordinate (full, split-*), with K even: z[i,k] needs eta[i,k], the
+// component c ~ Cat(pi_p) and M[c,k], S[c,k]. The work is split into tasks of one block of 16
+// columns (8 Philox pairs of a row) over a range of rows. A task reads its block's slice of the
+// prior tables, copied once per call into a block-major table of (M[c,k], S[c,k]) pairs: 32 KB
+// contiguous for K = 256, so it stays in L1 for the whole task (a 16-column slice of the row-major
+// tables has a K-float stride, which maps all its lines to a few cache sets). Same draws and
+// arithmetic as the per-row loop of routed_transport_kernel.
+template <typename scalar_t>
+void routed_transport_prior_blocked(const scalar_t* mup, const scalar_t* lvp, const at::opmath_type<scalar_t>* M,
+                                    const at::opmath_type<scalar_t>* S, const CategoricalTable& tp,
+                                    const int32_t* codes, int64_t B, int64_t K, uint64_t seed,
+                                    uint64_t offset, scalar_t* zp) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kCols = 16;      // one PairDrawer call per row and block
+  constexpr int64_t kTaskRows = 256;  // rows per task
+  constexpr int64_t kAhead = 4;      // rows of prefetch ahead
+  struct Entry {
+    acc_t m, s;
+  };
+  const int64_t n_blocks = (K + kCols - 1) / kCols;
+  // table[(b * K + c) * kCols + l] = (M[c, k], S[c, k]) for k = b * kCols + l.
+  std::unique_ptr<Entry[]> table(new Entry[static_cast<size_t>(n_blocks * K * kCols)]);
+  parallel_tasks(n_blocks, [&](int64_t b) {
+    const int64_t k0 = b * kCols, n = std::min(kCols, K - k0);
+    Entry* out = table.get() + b * K * kCols;
+    for (int64_t c = 0; c < K; ++c)
+      for (int64_t l = 0; l < n; ++l) out[c * kCols + l] = {M[c * K + k0 + l], S[c * K + k0 + l]};
+  });
+  std::vector<acc_t> m_diag(K), inv_s_diag(K), direct(K);
+  bool any_direct = false;
+  for (int64_t k = 0; k < K; ++k) {
+    m_diag[k] = M[k * K + k];
+    inv_s_diag[k] = acc_t(1) / S[k * K + k];
+    direct[k] = plan_direct(codes[k]) ? acc_t(1) : acc_t(0);
+    any_direct |= plan_direct(codes[k]);
+  }
+  const CategoricalBatch cat(tp, static_cast<int32_t>(K));
+  const PairDrawer<acc_t> draw(seed, offset / 4);
+  const int64_t n_row_ranges = (B + kTaskRows - 1) / kTaskRows;
+  constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(scalar_t));
+  parallel_tasks(n_blocks * n_row_ranges, [&](int64_t task) {
+    // Tasks in the order (row range, block) would reload the table per task; (block, row range)
+    // keeps consecutive tasks of a thread on the same slice.
+    const int64_t b = task / n_row_ranges, r = task % n_row_ranges;
+    const int64_t kb = b * kCols, n = std::min(kCols, K - kb);
+    const int64_t i0 = r * kTaskRows, i1 = std::min(i0 + kTaskRows, B);
+    const Entry* tab = table.get() + b * K * kCols;
+    const acc_t* md = m_diag.data() + kb;
+    const acc_t* isd = inv_s_diag.data() + kb;
+    const acc_t* dr = direct.data() + kb;
+    alignas(64) acc_t eta[kCols], eps[kCols], mu_b[kCols], lv_b[kCols], z_b[kCols];
+    alignas(64) uint32_t word[kCols];
+    alignas(64) int32_t bucket[kCols];
+    alignas(64) double target[kCols];
+    for (int64_t i = i0; i < std::min(i0 + kAhead, i1); ++i) {
+      for (int64_t l = 0; l < n; l += kLine) {
+        __builtin_prefetch(mup + i * K + kb + l, 0, 3);
+        __builtin_prefetch(lvp + i * K + kb + l, 0, 3);
+        __builtin_prefetch(zp + i * K + kb + l, 1, 3);
+      }
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      // Rows are a row apart (K elements): prefetch the block of a row kAhead rows down.
+      if (i + kAhead < i1) {
+        const int64_t pf = (i + kAhead) * K + kb;
+        for (int64_t l = 0; l < n; l += kLine) {
+          __builtin_prefetch(mup + pf + l, 0, 3);
+          __builtin_prefetch(lvp + pf + l, 0, 3);
+          __builtin_prefetch(zp + pf + l, 1, 3);
+        }
+      }
+      draw(static_cast<uint64_t>((i * K + kb) >> 1), eta, word);
+      cat.prepare(word, static_cast<int>(n), bucket, target);
+      int32_t flags = 0;
+      for (int64_t l = 0; l < n; ++l) {
+        const Entry& e = tab[cat.fast(bucket[l], target[l], flags) * kCols + l];
+        eps[l] = e.m + e.s * eta[l];
+      }
+      if (flags & CategoricalBatch::kFlag) {  // rare: buckets the fast path cannot settle
+        for (int64_t l = 0; l < n; ++l) {
+          if (!cat.flagged(bucket[l])) continue;
+          const Entry& e = tab[cat.exact(word[l]) * kCols + l];
+          eps[l] = e.m + e.s * eta[l];
+        }
+      }
+      const acc_t* mr;
+      const acc_t* vr;
+      acc_t* zr;
+      if constexpr (std::is_same<scalar_t, acc_t>::value) {
+        mr = mup + i * K + kb;
+        vr = lvp + i * K + kb;
+        zr = zp + i * K + kb;
+      } else {
+        for (int64_t l = 0; l < n; ++l) {
+          mu_b[l] = static_cast<acc_t>(mup[i * K + kb + l]);
+          lv_b[l] = static_cast<acc_t>(lvp[i * K + kb + l]);
+        }
+        mr = mu_b;
+        vr = lv_b;
+        zr = z_b;
+      }
+      for_each_lane<acc_t>(n, [&](auto t, int64_t l) {
+        using T = decltype(t);
+        const T e = ld(eps + l, t);
+        const T moved = transport(ld(mr + l, t), ld(vr + l, t), e, ld(md + l, t), ld(isd + l, t));
+        st(zr + l, any_direct ? where_lt(T(0.5), ld(dr + l, t), e, moved) : moved);
+      });
+      if constexpr (!std::is_same<scalar_t, acc_t>::value) {
+        for (int64_t l = 0; l < n; ++l) zp[i * K + kb + l] = static_cast<scalar_t>(z_b[l]);
+      }
+    }
+  });
+}
 
 template <typename scalar_t, typename comp_t>
 void routed_transport_kernel(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& M_t,
@@ -29,7 +147,9 @@ void routed_transport_kernel(const at::Tensor& mu, const at::Tensor& logvar, con
   const CategoricalTable tq = tab_q ? tab_q->view() : tp;
   bool any_row_tie = false;
   // Plans whose every coordinate routes by pi_p per element and draws from the routed component
-  // (full, split-*) take a loop without per-element plan decoding; same steps, same results.
+  // (full, split-*) skip the per-element plan decoding: with K even and enough rows,
+  // routed_transport_prior_blocked; else (with K odd a Philox pair can straddle two rows) the first
+  // loop below. Same steps, same results.
   bool all_prior_routed = true;
   for (int64_t k = 0; k < K; ++k) {
     any_row_tie |= plan_tie_row(codes[k]);
@@ -39,6 +159,12 @@ void routed_transport_kernel(const at::Tensor& mu, const at::Tensor& logvar, con
   const scalar_t* mup = mu.data_ptr<scalar_t>();
   const scalar_t* lvp = logvar.data_ptr<scalar_t>();
   scalar_t* zp = z.data_ptr<scalar_t>();
+  // The blocked path's setup (a K x K table copy, the bucket table) pays off from about B = K / 4
+  // rows (measured at K = 64 and 256); smaller batches take the per-row loop, with the same results.
+  if (all_prior_routed && K % 2 == 0 && 4 * B >= K) {
+    routed_transport_prior_blocked<scalar_t>(mup, lvp, M, S, tp, codes, B, K, seed, offset, zp);
+    return;
+  }
   comp_t* cp = P > 0 ? comp.data_ptr<comp_t>() : nullptr;
   const uint64_t off_blocks = offset / 4;
 
@@ -46,8 +172,9 @@ void routed_transport_kernel(const at::Tensor& mu, const at::Tensor& logvar, con
   std::vector<acc_t> direct(K);
   for (int64_t k = 0; k < K; ++k) direct[k] = plan_direct(codes[k]) ? acc_t(1) : acc_t(0);
 
-  at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(K, 1)),
-                   [&](int64_t i0, int64_t i1) {
+  const int64_t rows_per_task = std::max<int64_t>(1, (int64_t(1) << 13) / std::max<int64_t>(K, 1));
+  parallel_tasks((B + rows_per_task - 1) / rows_per_task, [&](int64_t task) {
+    const int64_t i0 = task * rows_per_task, i1 = std::min(i0 + rows_per_task, B);
     std::vector<acc_t> eta(K), eps(K), zrow(K);
     std::vector<uint32_t> word(K);
     RowReader<scalar_t, acc_t> Mr(mup, K), Vr(lvp, K);
@@ -125,9 +252,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_transport_cpu(
   at::Tensor comp = at::empty({B, num_posterior}, mu_in.options().dtype(component_dtype(K)));
   if (B > 0 && K > 0) {
     auto mu = mu_in.contiguous(), logvar = logvar_in.contiguous();
-    auto tab_p = build_categorical(pi_p);
+    auto tab_p = build_categorical_cpu(pi_p);
     std::optional<CategoricalTensors> tab_q;
-    if (pi_q.has_value()) tab_q = build_categorical(*pi_q);
+    if (pi_q.has_value()) tab_q = build_categorical_cpu(*pi_q);
     XVAE_DISPATCH_FLOATING(mu.scalar_type(), "routed_transport_cpu", [&] {
       if (comp.scalar_type() == at::kShort) {
         routed_transport_kernel<scalar_t, int16_t>(mu, logvar, means.contiguous(), stds.contiguous(),
@@ -160,22 +287,29 @@ void routed_transport_backward_kernel(const at::Tensor& gz, const at::Tensor& z,
     // or on nothing (direct draw from the prior), so the backward is elementwise and vectorised.
     std::vector<acc_t> moved(K);
     for (int64_t k = 0; k < K; ++k) moved[k] = routed_grad_column(codes[k], int32_t(k), cp) == k;
-    at::parallel_for(0, B, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(K, 1)),
-                     [&](int64_t i0, int64_t i1) {
+    constexpr bool same = std::is_same<scalar_t, acc_t>::value;
+    const int64_t rows_per_task = std::max<int64_t>(1, (int64_t(1) << 13) / K);
+    parallel_tasks((B + rows_per_task - 1) / rows_per_task, [&](int64_t task) {
+      const int64_t i0 = task * rows_per_task, i1 = std::min(i0 + rows_per_task, B);
       RowReader<scalar_t, acc_t> Gr(gp, K), Zr(zp, K), Mr(mup, K);
-      std::vector<acc_t> am(K), av(K);
+      std::vector<acc_t> am(same ? 0 : K), av(same ? 0 : K);
       for (int64_t i = i0; i < i1; ++i) {
         const acc_t* g = Gr.row(i);
         const acc_t* zr = Zr.row(i);
         const acc_t* mr = Mr.row(i);
+        // float32 and float64 write the gradients in place; other dtypes through a row buffer.
+        acc_t* om = same ? reinterpret_cast<acc_t*>(dmp + i * K) : am.data();
+        acc_t* ov = same ? reinterpret_cast<acc_t*>(dvp + i * K) : av.data();
         for_each_lane<acc_t>(K, [&](auto t, int64_t k) {
           using T = decltype(t);
           const T gm = ld(g + k, t) * ld(moved.data() + k, t);
-          st(am.data() + k, gm);
-          st(av.data() + k, T(0.5) * gm * (ld(zr + k, t) - ld(mr + k, t)));
+          st(om + k, gm);
+          st(ov + k, T(0.5) * gm * (ld(zr + k, t) - ld(mr + k, t)));
         });
-        store_row(dmp + i * K, am.data(), K);
-        store_row(dvp + i * K, av.data(), K);
+        if (!same) {
+          store_row(dmp + i * K, am.data(), K);
+          store_row(dvp + i * K, av.data(), K);
+        }
       }
     });
     return;

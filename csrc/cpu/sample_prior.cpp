@@ -4,6 +4,7 @@
 
 #include "../categorical_table.h"
 #include "../checks.h"
+#include "categorical_cpu.h"
 #include "noise_cpu.h"
 
 namespace xvae {
@@ -40,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor> sample_prior_cpu(const at::Tensor& means_in,
   at::Tensor z = at::empty({n, K}, means_in.options());
   if (n > 0 && K > 0) {
     auto means = means_in.contiguous(), stds = stds_in.contiguous();
-    auto tab = build_categorical(pi_p);
+    auto tab = build_categorical_cpu(pi_p);
     AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "sample_prior_cpu", [&] {
       const scalar_t* M = means.data_ptr<scalar_t>();
       const scalar_t* S = stds.data_ptr<scalar_t>();
@@ -72,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor> sample_prior_backward_cpu(const at::Tensor& g
   at::Tensor dM = at::zeros_like(means), dS = at::zeros_like(means);
   if (n == 0 || K == 0) return {dM, dS};
   auto g = grad_z.contiguous();
-  auto tab = build_categorical(pi_p);
+  auto tab = build_categorical_cpu(pi_p);
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "sample_prior_backward_cpu", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
     scalar_t* dMp = dM.data_ptr<scalar_t>();
