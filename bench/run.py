@@ -53,9 +53,14 @@ def _sync(device):
 
 def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3,
                    min_total: float = 0.05) -> float:
-    """Median wall time of fn() after warm-up; on CUDA from events around each call."""
-    for _ in range(warmup):
+    """Median wall time of fn() after warm-up; on CUDA from events around each call. Warm-up runs at
+    least `warmup` calls and at least `min_total` seconds (up to 10x warmup calls): the first op timed
+    in a process otherwise pays for a cold allocator (page faults on fresh output buffers)."""
+    t_warm = time.perf_counter()
+    for i in range(10 * warmup):
         fn()
+        if i + 1 >= warmup and time.perf_counter() - t_warm >= min_total:
+            break
     _sync(device)
     times: List[float] = []
     start_all = time.perf_counter()
