@@ -17,7 +17,7 @@ Interface (the same as `VAE`):
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -132,3 +132,39 @@ def sample_diag_mixture(ops, weights: torch.Tensor, means: torch.Tensor, stds: t
     from ..prior import MixturePrior
     prior = MixturePrior(weights.detach().float(), means.detach().float(), stds.detach().float())
     return ops.sample_prior(prior, n, alpha, "per-row", generator=generator)
+
+
+class MixturePriorVAE(BaselineVAE):
+    """A Gaussian encoder q(z|x) = N(mu, diag(exp(logvar))) with a diagonal Gaussian mixture prior
+    (the VampPrior and the MoG prior). Subclasses give the mixture by `prior_components()`; the KL is
+    the single-sample Monte Carlo estimate log q(z|x) - log p(z) at the reparameterised z, with
+    log p(z) from the fused `mixture_log_prob`, and sampling draws one component per row."""
+
+    def __init__(self, kind: str, shape: Sequence[int], latent: int, hidden: Sequence[int] = (128, 128),
+                 ops=None):
+        super().__init__(kind, shape, latent, hidden, ops)
+        f = self.body.features
+        self.mu_head = nn.Linear(f, latent)
+        self.logvar_head = nn.Linear(f, latent)
+
+    def encode(self, x: torch.Tensor):
+        h = self.body(x)
+        return None, self.mu_head(h).float(), self.logvar_head(h).float()
+
+    def prior_components(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log_weights (C,), means (C, K), log_vars (C, K)) of the prior mixture."""
+        raise NotImplementedError
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        lw, m, lv = self.prior_components()
+        return self.ops.mixture_log_prob(z, lw, m, lv)
+
+    def _loss_terms(self, x, generator=None):
+        _, mu, logvar = self.encode(x)
+        z = reparameterize(mu, logvar, generator)
+        kl = (log_normal(z, mu, logvar) - self.log_prior(z)).mean()
+        return self.decode(z), z, mu, logvar, None, torch.zeros_like(kl), kl
+
+    def sample_latent(self, n: int, alpha: float = 1.0, generator=None) -> torch.Tensor:
+        lw, m, lv = self.prior_components()
+        return sample_diag_mixture(self.ops, lw.exp(), m, torch.exp(0.5 * lv), n, alpha, generator)

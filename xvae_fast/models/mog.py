@@ -15,10 +15,10 @@ from typing import Iterable, Sequence, Tuple
 import torch
 from torch import nn
 
-from .baseline import BaselineVAE, log_normal, reparameterize, sample_diag_mixture
+from .baseline import MixturePriorVAE
 
 
-class MoGPriorVAE(BaselineVAE):
+class MoGPriorVAE(MixturePriorVAE):
     mode = "mog"
 
     def __init__(self, kind: str, shape: Sequence[int], latent: int, components: int = 10,
@@ -26,9 +26,6 @@ class MoGPriorVAE(BaselineVAE):
         super().__init__(kind, shape, latent, hidden, ops)
         if components < 1:
             raise ValueError(f"the MoG prior needs at least one component, got {components}")
-        f = self.body.features
-        self.mu_head = nn.Linear(f, latent)
-        self.logvar_head = nn.Linear(f, latent)
         # means spread like N(0, I) draws so the components start apart; unit variances, equal weights
         self.prior_logits = nn.Parameter(torch.zeros(components))
         self.prior_means = nn.Parameter(torch.randn(components, latent))
@@ -41,25 +38,7 @@ class MoGPriorVAE(BaselineVAE):
     def prior_parameters(self) -> Iterable[nn.Parameter]:
         return [self.prior_logits, self.prior_means, self.prior_logvars]
 
-    def encode(self, x: torch.Tensor):
-        h = self.body(x)
-        return None, self.mu_head(h).float(), self.logvar_head(h).float()
-
     def prior_components(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log_weights (C,), means (C, K), log_vars (C, K)) of the learned mixture, float32."""
         return (torch.log_softmax(self.prior_logits.float(), 0), self.prior_means.float(),
                 self.prior_logvars.float())
-
-    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        lw, m, lv = self.prior_components()
-        return self.ops.mixture_log_prob(z, lw, m, lv)
-
-    def _loss_terms(self, x, generator=None):
-        _, mu, logvar = self.encode(x)
-        z = reparameterize(mu, logvar, generator)
-        kl = (log_normal(z, mu, logvar) - self.log_prior(z)).mean()
-        return self.decode(z), z, mu, logvar, None, torch.zeros_like(kl), kl
-
-    def sample_latent(self, n: int, alpha: float = 1.0, generator=None) -> torch.Tensor:
-        lw, m, lv = self.prior_components()
-        return sample_diag_mixture(self.ops, lw.exp(), m, torch.exp(0.5 * lv), n, alpha, generator)

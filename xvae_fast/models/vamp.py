@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .baseline import BaselineVAE, log_normal, reparameterize, sample_diag_mixture, uniform_log_weights
+from .baseline import MixturePriorVAE, uniform_log_weights
 
 
-class VampPriorVAE(BaselineVAE):
+class VampPriorVAE(MixturePriorVAE):
     mode = "vamp"
 
     def __init__(self, kind: str, shape: Sequence[int], latent: int, pseudo_inputs: int = 200,
@@ -33,9 +33,6 @@ class VampPriorVAE(BaselineVAE):
         super().__init__(kind, shape, latent, hidden, ops)
         if pseudo_inputs < 1:
             raise ValueError(f"the VampPrior needs at least one pseudo-input, got {pseudo_inputs}")
-        f = self.body.features
-        self.mu_head = nn.Linear(f, latent)
-        self.logvar_head = nn.Linear(f, latent)
         u = torch.empty(pseudo_inputs, *self.shape)
         if kind == "image":
             nn.init.normal_(u, 0.05, 0.01)
@@ -54,25 +51,7 @@ class VampPriorVAE(BaselineVAE):
     def prior_parameters(self) -> Iterable[nn.Parameter]:
         return [self.pseudo]
 
-    def encode(self, x: torch.Tensor):
-        h = self.body(x)
-        return None, self.mu_head(h).float(), self.logvar_head(h).float()
-
     def prior_components(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log_weights (C,), means (C, K), log_vars (C, K)): the posteriors at the pseudo-inputs."""
         _, m, lv = self.encode(self.pseudo_inputs())
         return uniform_log_weights(m.shape[0], m), m, lv
-
-    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        lw, m, lv = self.prior_components()
-        return self.ops.mixture_log_prob(z, lw, m, lv)
-
-    def _loss_terms(self, x, generator=None):
-        _, mu, logvar = self.encode(x)
-        z = reparameterize(mu, logvar, generator)
-        kl = (log_normal(z, mu, logvar) - self.log_prior(z)).mean()
-        return self.decode(z), z, mu, logvar, None, torch.zeros_like(kl), kl
-
-    def sample_latent(self, n: int, alpha: float = 1.0, generator=None) -> torch.Tensor:
-        lw, m, lv = self.prior_components()
-        return sample_diag_mixture(self.ops, lw.exp(), m, torch.exp(0.5 * lv), n, alpha, generator)
