@@ -88,6 +88,24 @@ inline acc_t row_logsumexp(const acc_t* joint, int64_t Cp) {
   return mx + std::log(at::vec::vec_reduce_all<acc_t>([](V& a, V& b) { return a + b; }, s));
 }
 
+// Softmax of a joint row into out (0 on padding) with one exp per term; returns the logsumexp.
+template <typename acc_t>
+inline acc_t row_softmax(const acc_t* joint, int64_t Cp, acc_t* out) {
+  using V = Vec<acc_t>;
+  const acc_t mx = row_max(joint, Cp);
+  const V vmx(mx);
+  V s(acc_t(0));
+  for (int64_t c = 0; c < Cp; c += V::size()) {
+    const V e = xexp(V::loadu(joint + c) - vmx);
+    e.store(out + c);
+    s = s + e;
+  }
+  const acc_t total = at::vec::vec_reduce_all<acc_t>([](V& a, V& b) { return a + b; }, s);
+  const V inv(acc_t(1) / total);
+  for (int64_t c = 0; c < Cp; c += V::size()) (V::loadu(out + c) * inv).store(out + c);
+  return mx + std::log(total);
+}
+
 // Runs f(rows, i0, R) over rows [i0, i1) in groups of kRows (then single rows), with the z rows as
 // acc_t pointers; `zbuf` holds kRows * d converted values when scalar_t != acc_t.
 template <typename scalar_t, typename acc_t, typename F>
@@ -139,13 +157,13 @@ std::tuple<at::Tensor, at::Tensor> mixture_log_prob_cpu(const at::Tensor& z_in,
                                                                 int64_t i) {
         joint_rows<decltype(R)::value, acc_t>(rows, t, joint.data());
         for (int r = 0; r < decltype(R)::value; ++r) {
-          const acc_t* jr = joint.data() + r * Cp;
-          const acc_t v = row_logsumexp(jr, Cp);
-          lpp[i + r] = static_cast<scalar_t>(v);
-          if (rp != nullptr) {
-            scalar_t* out = rp + (i + r) * C;
-            for (int64_t c = 0; c < C; ++c) out[c] = static_cast<scalar_t>(std::exp(jr[c] - v));
+          acc_t* jr = joint.data() + r * Cp;
+          if (rp == nullptr) {
+            lpp[i + r] = static_cast<scalar_t>(row_logsumexp(jr, Cp));
+            continue;
           }
+          lpp[i + r] = static_cast<scalar_t>(row_softmax(jr, Cp, jr));  // r in place of joint
+          store_row(rp + (i + r) * C, jr, C);
         }
       });
     });
@@ -203,8 +221,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_log_prob_back
             const int64_t n = i + r;
             const acc_t* jr = joint.data() + r * Cp;
             acc_t* wr = w.data() + r * Cp;
-            const acc_t v = row_logsumexp(jr, Cp);
-            for (int64_t c = 0; c < Cp; c += V::size()) xexp(V::loadu(jr + c) - V(v)).store(wr + c);
+            row_softmax(jr, Cp, wr);
             if (Gp != nullptr) {
               const acc_t* Gr = Gp + n * C;
               acc_t rG = 0;

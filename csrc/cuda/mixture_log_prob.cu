@@ -2,8 +2,9 @@
 //
 // Forward: one thread per row walks the C components with an online logsumexp (nothing of size
 // N x C x d is formed); the component tables are read by all threads of a warp at the same address
-// (broadcast loads). Backward: (A) one thread per row recomputes the row's log p and r-weighted
-// upstream mean in one online pass, then writes w = d loss / d joint (N, C) and dz; (B) one block per
+// (broadcast loads). Backward: (A) one thread per row recomputes its joint terms (kept in the w
+// buffer), log p and r-weighted upstream mean in one online pass, then turns the joint terms into
+// w = d loss / d joint (N, C) in place and accumulates dz; (B) one block per
 // (component, row chunk) sums the mean / log-variance pieces over its rows, threads over
 // coordinates; (C) the chunk partials are added in chunk order. No atomics: the result is
 // deterministic.
@@ -58,6 +59,22 @@ __device__ __forceinline__ acc_t joint_at(const scalar_t* __restrict__ zr, const
   return mixture_joint(t.kc[c], q);
 }
 
+// Online logsumexp of row zr's joint terms (and their r-weighted mean of G_row, when given);
+// with joint_out, also stores the joint terms there.
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ OnlineLogSumExp<acc_t> row_logsumexp(const scalar_t* __restrict__ zr,
+                                                                const Tables<acc_t>& t, int64_t C,
+                                                                int64_t d, const acc_t* G_row,
+                                                                acc_t* joint_out) {
+  OnlineLogSumExp<acc_t> lse;
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t j = joint_at(zr, t, c, d);
+    if (joint_out != nullptr) joint_out[c] = j;
+    lse.add(j, G_row != nullptr ? G_row[c] : acc_t(0));
+  }
+  return lse;
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void mixture_log_prob_kernel(const scalar_t* __restrict__ z, Tables<acc_t> t, int64_t N,
                                         int64_t C, int64_t d, scalar_t* __restrict__ lp,
@@ -65,9 +82,7 @@ __global__ void mixture_log_prob_kernel(const scalar_t* __restrict__ z, Tables<a
   for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < N;
        n += int64_t(gridDim.x) * blockDim.x) {
     const scalar_t* zr = z + n * d;
-    OnlineLogSumExp<acc_t> lse;
-    for (int64_t c = 0; c < C; ++c) lse.add(joint_at(zr, t, c, d));
-    const acc_t v = lse.value();
+    const acc_t v = row_logsumexp<acc_t>(zr, t, C, d, nullptr, nullptr).value();
     lp[n] = static_cast<scalar_t>(v);
     if (resp != nullptr) {
       for (int64_t c = 0; c < C; ++c)
@@ -87,15 +102,15 @@ __global__ void mixture_rows_backward_kernel(const acc_t* __restrict__ g,
   for (int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; n < N;
        n += int64_t(gridDim.x) * blockDim.x) {
     const scalar_t* zr = z + n * d;
-    OnlineLogSumExp<acc_t> lse;
-    for (int64_t c = 0; c < C; ++c) lse.add(joint_at(zr, t, c, d), G != nullptr ? G[n * C + c] : acc_t(0));
+    acc_t* wr = w + n * C;  // the joint terms first, then d loss / d joint in place
+    const acc_t* Gr = G != nullptr ? G + n * C : nullptr;
+    const OnlineLogSumExp<acc_t> lse = row_logsumexp<acc_t>(zr, t, C, d, Gr, wr);
     const acc_t v = lse.value(), rG = lse.mean_g(), gn = g[n];
     acc_t* dzr = dz_acc + n * d;  // this thread's row: no races
     for (int64_t j = 0; j < d; ++j) dzr[j] = acc_t(0);
     for (int64_t c = 0; c < C; ++c) {
-      const acc_t r = xexp(joint_at(zr, t, c, d) - v);
-      const acc_t wc = mixture_joint_grad(r, gn, G != nullptr ? G[n * C + c] : acc_t(0), rG);
-      w[n * C + c] = wc;
+      const acc_t wc = mixture_joint_grad(xexp(wr[c] - v), gn, Gr != nullptr ? Gr[c] : acc_t(0), rG);
+      wr[c] = wc;
       const acc_t* mc = t.m + c * d;
       const acc_t* pc = t.p + c * d;
       for (int64_t j = 0; j < d; ++j) dzr[j] = mixture_dz_step(ld<acc_t>(zr, j), mc[j], pc[j], wc, dzr[j]);
