@@ -212,3 +212,53 @@ def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, means: torch.Te
     _check_mixture_params(z, log_weights, means, log_vars)
     lp, resp = _ops().mixture_log_prob(z, log_weights, means, log_vars, return_responsibilities)
     return (lp, resp) if return_responsibilities else lp
+
+
+BOUND_KINDS = ("tight", "mixture")
+
+
+def _check_posterior(mu, logvar, prior):
+    _check_prior(prior)
+    check_batch("mu", mu, K=prior.latent_dim)
+    check_batch("logvar", logvar, "mu", mu)
+    check_prior_device(prior, mu, "mu")
+
+
+def component_kl(mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior) -> torch.Tensor:
+    """D (B, C): D[i, c] = KL(N(mu_i, diag exp(logvar_i)) || N(means[c], diag stds[c]^2)), the KL of
+    each row's diagonal Gaussian posterior to every component of the prior. Differentiable in mu and
+    logvar; never in the prior."""
+    _check_posterior(mu, logvar, prior)
+    return reference.component_kl(mu, logvar, prior)
+
+
+def mixture_bound(mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior, kind: str = "tight",
+                  logits: Optional[torch.Tensor] = None, reduction: str = "mean",
+                  return_weights: bool = False):
+    """An upper bound of KL(q_i || p) for the diagonal Gaussian posterior q_i = N(mu_i, diag
+    exp(logvar_i)) and the mixture prior (SPEC Revision 2), built on D = component_kl:
+    kind "tight" is -log sum_c pi_c exp(-D[i,c]) (Lemma 1 at its optimal weights r*, no logits);
+    kind "mixture" is KL(r_i || pi) + sum_c r[i,c] D[i,c] with the encoder's weights
+    r = softplus(logits) / sum softplus(logits), logits (B, C). Returns (total, categorical,
+    gaussian) reduced by `reduction`; with return_weights=True also the per-row weights r (B, C)
+    (detached), e.g. for routing by pi_q = r.mean(0)."""
+    _check_posterior(mu, logvar, prior)
+    if kind not in BOUND_KINDS:
+        raise ValueError(f"kind must be one of {BOUND_KINDS}, got {kind!r}")
+    check_reduction(reduction)
+    if kind == "mixture":
+        if logits is None:
+            raise ValueError("kind 'mixture' weights the components by the encoder's own per-row "
+                             "weights: pass logits (B, C)")
+        check_batch("logits", logits)
+        if logits.shape != (mu.shape[0], prior.num_components):
+            raise ValueError(f"logits must have shape (B, C) = ({mu.shape[0]}, {prior.num_components}), "
+                             f"got {tuple(logits.shape)}")
+        if logits.dtype != mu.dtype:
+            raise TypeError(f"logits has dtype {logits.dtype} but mu has {mu.dtype}")
+        if logits.device != mu.device:
+            raise ValueError(f"logits is on {logits.device} but mu is on {mu.device}")
+    elif logits is not None:
+        raise ValueError("kind 'tight' uses the optimal weights r* = softmax(log pi - D) and takes no "
+                         "logits; pass logits=None (or kind='mixture')")
+    return reference.mixture_bound(mu, logvar, prior, kind, logits, reduction, return_weights)

@@ -166,3 +166,62 @@ def mixture_log_prob(z, log_weights, means, log_vars, return_responsibilities: b
     if not return_responsibilities:
         return lp.to(z.dtype)
     return lp.to(z.dtype), torch.exp(joint - lp[:, None]).to(z.dtype)
+
+
+def component_kl(mu, logvar, prior: MixturePrior):
+    """D[i, c] = KL(N(mu_i, diag exp(logvar_i)) || N(M[c], diag S[c]^2)) = sum_k KLN(mu[i,k],
+    sigma[i,k]; M[c,k], S[c,k]), (B, C), by materialising the (B, C, K) tensor. Differentiable in mu
+    and logvar; the prior is frozen."""
+    acc = _acc(mu.dtype)
+    _, _, M, S, _, _ = prior.tensors_for(mu.dtype, mu.device)
+    return _component_kl_acc(mu.to(acc), logvar.to(acc), M, S).to(mu.dtype)
+
+
+def _component_kl_acc(mu, logvar, M, S):
+    d = mu[:, None, :] - M[None]
+    inv2 = 0.5 / (S * S)
+    return (torch.log(S)[None] - 0.5 * logvar[:, None, :] + (torch.exp(logvar)[:, None, :] + d * d)
+            * inv2[None] - 0.5).sum(-1)
+
+
+BOUND_KINDS = ("tight", "mixture")
+
+
+def mixture_bound(mu, logvar, prior: MixturePrior, kind: str = "tight", logits=None,
+                  reduction: str = "mean", return_weights: bool = False):
+    """Upper bounds of KL(q_i || p) for a diagonal Gaussian posterior q_i and the diagonal mixture
+    prior p = sum_c pi_c N(M[c], diag S[c]^2) (SPEC Revision 2), from D = component_kl:
+
+    - kind "tight": -log sum_c pi_c exp(-D[i,c]), Lemma 1 at its optimal weights
+      r*[i,c] = softmax_c(log pi_c - D[i,c]); categorical part KL(r*_i || pi), Gaussian part
+      sum_c r*[i,c] D[i,c]. `logits` must be None.
+    - kind "mixture": Lemma 1 with the encoder's weights r[i,c] = softplus(l[i,c]) / sum_j
+      softplus(l[i,j]) from `logits` (B, C): KL(r_i || pi) + sum_c r[i,c] D[i,c].
+
+    Returns (total, categorical, gaussian), each reduced by `reduction`; with return_weights also the
+    per-row weights r (B, C) (r* or the encoder's), detached. Gradients flow to mu, logvar and logits,
+    never to the prior."""
+    if kind not in BOUND_KINDS:
+        raise ValueError(f"kind must be one of {BOUND_KINDS}, got {kind!r}")
+    dtype, acc = mu.dtype, _acc(mu.dtype)
+    B = mu.shape[0]
+    _, logw, M, S, _, _ = prior.tensors_for(dtype, mu.device)
+    D = _component_kl_acc(mu.to(acc), logvar.to(acc), M, S)
+    if kind == "tight":
+        joint = logw[None] - D
+        lse = torch.logsumexp(joint, dim=1) if B else joint.sum(1)
+        log_r = joint - lse[:, None]
+        r = torch.exp(log_r)
+        total = -lse
+        gauss = (r * D).sum(1)
+        cat = (r * (log_r - logw[None])).sum(1)
+    else:
+        r = responsibility_rows(logits)
+        safe = r.clamp_min(torch.finfo(acc).tiny)
+        cat = (r * (torch.log(safe) - logw[None])).sum(1)
+        gauss = (r * D).sum(1)
+        total = cat + gauss
+    out = tuple(_reduce(t, reduction).to(dtype) for t in (total, cat, gauss))
+    if return_weights:
+        return out + (r.detach().to(dtype),)
+    return out
