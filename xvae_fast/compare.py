@@ -90,7 +90,7 @@ def _status_of(run_dir: str, intended: TrainConfig) -> str:
     if not os.path.exists(os.path.join(run_dir, ckpt.CHECKPOINT)):
         return "new"
     ck = ckpt.load_checkpoint(run_dir)
-    saved = TrainConfig.from_dict(ck["config"])
+    saved = TrainConfig.from_saved(ck["config"])
     diffs = [f"{k} (run: {getattr(saved, k)!r}, comparison: {getattr(intended, k)!r})"
              for k in TrainConfig.field_names()
              if k not in IGNORED_ON_REUSE and getattr(saved, k) != getattr(intended, k)]

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Union
 from .data.spec import DEFAULTS, parse_dataset_spec
 from .errors import ConfigError
 from .plans import PRESETS, Plan
+from .models.likelihood import LIKELIHOODS
 
 MODELS = ("xvae", "vae", "vamp", "hierarchical", "mog", "gmvae")
 # The paper's baselines (Section 3, Tables 1-4): trained end to end with a learned or fixed prior, no
@@ -37,6 +38,25 @@ BASELINE_DEFAULTS = {
 BASELINE_OPTIONS = {"pseudo_inputs": "vamp", "mog_components": "mog", "gmvae_clusters": "gmvae",
                     "hier_top": "hierarchical"}
 PLAN_NAMES = ("single",) + PRESETS
+KL_OBJECTIVES = ("paper", "tight", "mixture")
+STAGE2_INITS = ("ae", "random")
+ROUTINGS = ("per-row", "per-coordinate")
+METHOD_PRESETS = ("default", "paper")
+# The stage-2 method choices (SPEC Revision 2). `paper` is the paper read literally (Eq. 18, plan
+# `full`, a randomly initialised stage 2, Eq. 20's per-coordinate generation, squared error); `default`
+# is the library's, chosen by the measurements in docs/choosing-defaults.md.
+METHOD_CHOICES = {
+    "paper": dict(plan="full", kl="paper", stage2_init="random", routing="per-coordinate",
+                  likelihood="mse"),
+    "default": dict(plan="matched", kl="tight", stage2_init="ae", routing="per-row", likelihood=None),
+}
+# --preset default's likelihood per data kind (docs/choosing-defaults.md)
+DEFAULT_LIKELIHOOD = {"digits": "bernoulli", "mnist": "bernoulli", "celeba": "gaussian",
+                      "images": "gaussian", "clusters": "gaussian", "npy": "gaussian"}
+# What a run saved before these options existed used (the paper's readings): filled in when an older
+# checkpoint's config is read, so such runs still resume and sample.
+LEGACY_VALUES = dict(preset="paper", kl="paper", stage2_init="random", routing="per-coordinate",
+                     likelihood="mse", gamma_min=0.0)
 PRIOR_FITS = ("auto", "em", "single")
 AMP = ("none", "bf16")
 SCHEDULES = ("none", "cosine")
@@ -51,8 +71,15 @@ class TrainConfig:
     # what to train
     dataset: str = "digits"
     model: str = "xvae"
-    plan: Union[str, Dict[str, Any], None] = "full"
+    preset: str = "default"                  # default (measured) or paper: fills the five below
+    plan: Union[str, Dict[str, Any], None] = None
     latent: Optional[int] = None
+    # stage-2 method (SPEC Revision 2); None: from --preset (each key is recorded only where it applies)
+    kl: Optional[str] = None                 # xvae mixture plans: paper | tight | mixture
+    stage2_init: Optional[str] = None        # xvae: ae | random
+    routing: Optional[str] = None            # xvae mixture plans: per-row | per-coordinate (generation)
+    likelihood: Optional[str] = None         # every model: mse | bernoulli | gaussian
+    gamma_min: float = 0.0                   # gaussian likelihood: floor of the learned variance
     # optimisation (paper Table 5: batch 128, Adam 1e-3, seed 42)
     epochs_ae: Optional[int] = None
     epochs_vae: Optional[int] = None
@@ -129,6 +156,14 @@ class TrainConfig:
                 raise ConfigError(f"unknown config option {key!r}; valid options: {', '.join(sorted(names))}")
             clean[k] = value
         return cls(**clean)
+
+    @classmethod
+    def from_saved(cls, d: Dict[str, Any]) -> "TrainConfig":
+        """The config stored in a checkpoint; keys that older versions did not save get the values
+        those versions used (LEGACY_VALUES)."""
+        if isinstance(d, dict):
+            d = {**{k: v for k, v in LEGACY_VALUES.items() if k not in d}, **d}
+        return cls.from_dict(d)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -270,11 +305,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         _positive_int(cfg, "threads")
     if cfg.limit is not None:
         _positive_int(cfg, "limit", 2)
+    cfg = _resolve_method(cfg, spec.kind)
     if cfg.model != "xvae":
         cfg = cfg.replace(plan=None, prior_fit="auto")
     else:
-        if cfg.plan is None:
-            raise ConfigError("--model xvae needs a --plan (e.g. full or single)")
         plan = _parse_plan(cfg.plan)
         cfg = cfg.replace(plan=plan)
         if isinstance(plan, dict) and len(plan["coordinates"]) != cfg.latent:
@@ -319,6 +353,40 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.channels is not None and cfg.channels not in (1, 3):
         raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {cfg.channels!r}")
     return cfg
+
+
+def _choice(cfg: TrainConfig, name: str, allowed) -> None:
+    v = getattr(cfg, name)
+    if v not in allowed:
+        raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {v!r}")
+
+
+def _resolve_method(cfg: TrainConfig, kind: str) -> TrainConfig:
+    """Fill the stage-2 method options from --preset (flags win) and clear those the model does not
+    use, so the saved config names what the run did: `kl` and `routing` apply to the mixture X-VAE,
+    `stage2_init` to X-VAE, `likelihood` to every model, `gamma_min` to the gaussian likelihood."""
+    _choice(cfg, "preset", METHOD_PRESETS)
+    choices = dict(METHOD_CHOICES[cfg.preset])
+    if choices["likelihood"] is None:
+        choices["likelihood"] = DEFAULT_LIKELIHOOD[kind]
+    changes = {k: v for k, v in choices.items() if getattr(cfg, k) is None}
+    cfg = cfg.replace(**changes)
+    _choice(cfg, "likelihood", LIKELIHOODS)
+    g = cfg.gamma_min
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g < float("inf"):
+        raise ConfigError(f"--gamma-min must be a non-negative number, got {g!r}")
+    if g > 0 and cfg.likelihood != "gaussian":
+        raise ConfigError(f"--gamma-min floors the learned variance of --likelihood gaussian; this run "
+                          f"uses --likelihood {cfg.likelihood}")
+    xvae = cfg.model == "xvae"
+    mixture = xvae and cfg.plan != "single"
+    if xvae:
+        _choice(cfg, "stage2_init", STAGE2_INITS)
+    if mixture:
+        _choice(cfg, "kl", KL_OBJECTIVES)
+        _choice(cfg, "routing", ROUTINGS)
+    return cfg.replace(kl=cfg.kl if mixture else None, routing=cfg.routing if mixture else None,
+                       stage2_init=cfg.stage2_init if xvae else None)
 
 
 def _resolve_baseline_options(cfg: TrainConfig, kind: str) -> TrainConfig:

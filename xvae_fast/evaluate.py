@@ -10,6 +10,7 @@ Inception Score under the paper's protocol. Writes eval.json and eval.md into th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import List, Optional
 
@@ -58,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"feature-extractor batch (default {d.batch_size}, pytorch-fid's)")
     g.add_argument("--gen-batch-size", type=int, metavar="N", default=d.gen_batch_size,
                    help=f"generation / reconstruction batch (default {d.gen_batch_size})")
-    g.add_argument("--routing", choices=["per-coordinate", "per-row"], default=d.routing,
-                   help="mixture priors: a component per coordinate (the paper's routed marginal, "
-                   "default) or per row")
+    g.add_argument("--routing", choices=["per-row", "per-coordinate"], default=d.routing,
+                   help="mixture priors: one component per sample (per-row) or per coordinate (the "
+                   "paper's Eq. 20); default: the run's --routing")
     g.add_argument("--seed", type=int, metavar="N", default=d.seed, help="real-subset, generation and "
                    "reconstruction seed (default 0)")
     g.add_argument("--png-protocol", action="store_true", help="the paper's PNG round trip: images "
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for eval.json, eval.md and the figures (default: the run folder)")
     g.add_argument("--grid-size", type=int, metavar="N", default=64, help="samples per alpha in the grids (default 64)")
     g.add_argument("--no-figures", action="store_true", help="write no plot or sample grids")
+    g.add_argument("--expost", action=argparse.BooleanOptionalAction, default=None,
+                   help="also evaluate the run's ex-post reference (its stage-1 autoencoder decoding "
+                   "per-row samples of the fitted prior; eval_expost.json/.md), the row every two-stage "
+                   "model must beat (default: on for X-VAE runs)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--quiet", action="store_true", help="print only the result table")
     return p
@@ -120,6 +125,13 @@ def options_from_args(args):
                        figures=not args.no_figures, progress=not args.no_progress, log=log)
 
 
+def _has_stage1(run: str) -> bool:
+    """True when the run is an X-VAE run past its prior fit (it has an ex-post reference)."""
+    from .training import checkpoint as ckpt
+    ck = ckpt.load_checkpoint(run)
+    return ck["models"].get("ae") is not None and ck.get("prior") is not None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -128,10 +140,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         opts = options_from_args(args)
         report = evaluate_run(args.run, opts)
         paths = write_report(report, figures=opts.figures)
+        references = []
+        if args.expost or (args.expost is None and _has_stage1(args.run)):
+            ref = evaluate_run(args.run, dataclasses.replace(opts, model="expost", figures=False))
+            write_report(ref, figures=False, json_name="eval_expost.json", md_name="eval_expost.md")
+            references.append(ref)
     except XVAEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(markdown_row(report))
+    print(markdown_row(report, *references))
     if not args.quiet:
         for note in report["notes"]:
             print(f"note: {note}")

@@ -18,7 +18,10 @@ SOURCES = ("prior", "prior_home", "posterior")
 MODES = ("transport", "direct")
 
 PRESETS = ("full", "interleaved", "split-2/3", "split-1/3", "k1-pp-np", "k1-pq-np", "k1-pp-nq",
-           "k1-pq-nq")
+           "k1-pq-nq", "matched")
+# The paper's configurations (Tables 8-10); `matched` is SPEC Revision 2's: every coordinate
+# transported with its home component, z = mu + sigma * eta (Lemma 3).
+PAPER_PRESETS = PRESETS[:8]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +116,8 @@ class Plan:
             raise ValueError(f"latent size K must be a positive int, got {K!r}")
         if name == "full":
             coords = [PRIOR_TRANSPORT] * K
+        elif name == "matched":
+            coords = [HOME_TRANSPORT] * K
         elif name == "interleaved":
             # SPEC's "even k" counts coordinates from 1 (the paper's K = 3 interleaved model has
             # one transported coordinate): transport at 0-based k = 1, 3, 5, ...; the rest are

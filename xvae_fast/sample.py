@@ -21,9 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--alpha", type=float, default=1.0, help="std scale: <1 fidelity, >1 diversity "
                    "(default 1.0)")
-    p.add_argument("--routing", choices=["per-coordinate", "per-row"], default="per-coordinate",
-                   help="mixture prior: a component per coordinate (the paper's routed marginal) or one "
-                   "per row (ordinary GMM sampling)")
+    p.add_argument("--routing", choices=["per-row", "per-coordinate"], default=None,
+                   help="mixture prior: one component per sample (per-row: exact sampling of the fitted "
+                   "mixture) or one per coordinate (the paper's Eq. 20); default: the run's --routing")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--nrow", type=int, default=8, help="images per row in a .png grid")
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def sample_run(run: str, n: int, alpha: float = 1.0, routing: str = "per-coordinate", seed: int = 0,
+def sample_run(run: str, n: int, alpha: float = 1.0, routing: Optional[str] = None, seed: int = 0,
                device: str = "cpu"):
     """(samples in data units, DataInfo) from a run folder."""
     from .training import load_run
@@ -68,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         x, info = sample_run(args.run, args.n, args.alpha, args.routing, args.seed, args.device)
         write_samples(x, info, args.out, args.nrow,
-                      title=f"{args.n} samples, alpha={args.alpha:g}, {args.routing}")
+                      title=f"{args.n} samples, alpha={args.alpha:g}, {args.routing or 'run routing'}")
     except XVAEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,8 @@ from .errors import NonFiniteLossError, XVAEError
 
 EPILOG = """\
 examples:
-  python -m xvae_fast.train                                   # X-VAE (full) on the bundled digits
+  python -m xvae_fast.train                                   # X-VAE (library defaults) on the bundled digits
+  python -m xvae_fast.train --preset paper                    # the paper's setup, read literally
   python -m xvae_fast.train --dataset clusters --plan full --out runs/clusters-full
   python -m xvae_fast.train --dataset clusters --model vae --out runs/clusters-vae
   python -m xvae_fast.train --model vamp --pseudo-inputs 50   # a baseline (docs/baselines.md)
@@ -24,7 +25,7 @@ examples:
   python -m xvae_fast.sample --run runs/clusters-full --n 500 --alpha 1.2 --out samples.png
 
 configurations (--plan, SPEC.md): single, full, interleaved, split-2/3, split-1/3, k1-pp-np,
-k1-pq-np, k1-pp-nq, k1-pq-nq, or a JSON/YAML file {"coordinates": [{"route": "prior", "tie":
+k1-pq-np, k1-pp-nq, k1-pq-nq, matched, or a JSON/YAML file {"coordinates": [{"route": "prior", "tie":
 "none", "source": "prior", "mode": "transport"}, ...]} with one entry per latent coordinate.
 models (--model): xvae, vae, vamp, hierarchical, mog, gmvae (docs/baselines.md).
 A run folder holds config.yaml (the full resolved config; pass it back with --config to repeat the
@@ -65,11 +66,29 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the paper trained end to end without stage 1: vae (standard VAE, N(0, I) prior), "
                    "vamp (VampPrior), hierarchical (two-level ladder VAE), mog (learned mixture prior), "
                    "gmvae (Gumbel-Softmax GM-VAE); see docs/baselines.md")
-    g.add_argument("--plan", metavar="NAME|FILE", help="X-VAE configuration: single, full (default), "
-                   "interleaved, split-2/3, split-1/3, k1-pp-np, k1-pq-np, k1-pp-nq, k1-pq-nq, or a "
-                   "custom plan file")
+    g.add_argument("--plan", metavar="NAME|FILE", help="X-VAE configuration: single, full, interleaved, "
+                   "split-2/3, split-1/3, k1-pp-np, k1-pq-np, k1-pp-nq, k1-pq-nq, matched, or a custom plan "
+                   "file (default: from --preset)")
     g.add_argument("--latent", type=int, metavar="K", help="latent size K, shared by AE and VAE "
                    "(default per dataset: digits 10, clusters 3, mnist 64, celeba 256)")
+    g = p.add_argument_group("stage-2 method (SPEC Revision 2; docs/choosing-defaults.md)")
+    g.add_argument("--preset", choices=["default", "paper"], help="default: the library's measured "
+                   "choices (plan matched, --kl tight, --stage2-init ae, --routing per-row, likelihood "
+                   "per dataset); paper: the paper read literally (plan full, --kl paper, --stage2-init "
+                   "random, --routing per-coordinate, --likelihood mse). Flags below override either")
+    g.add_argument("--kl", choices=["paper", "tight", "mixture"], help="X-VAE mixture KL: paper (Eq. 18, "
+                   "batch pi_q), tight (Lemma 1 at the optimal per-row weights, no logits head), mixture "
+                   "(Lemma 1 with the encoder's per-row weights)")
+    g.add_argument("--stage2-init", choices=["ae", "random"], help="X-VAE stage 2: start from the stage-1 "
+                   "autoencoder's encoder and decoder (ae) or from random weights (random, the paper)")
+    g.add_argument("--routing", choices=["per-row", "per-coordinate"], help="X-VAE generation: one prior "
+                   "component per sample (per-row: exact sampling of the fitted mixture) or per "
+                   "coordinate (the paper's Eq. 20); used by the run's outputs, sample and evaluate")
+    g.add_argument("--likelihood", choices=["mse", "bernoulli", "gaussian"], help="decoder likelihood of "
+                   "every model: mse (squared error summed, the paper), bernoulli (cross-entropy, data "
+                   "in [0, 1]), gaussian (learned scalar variance, Two-Stage VAE); default per dataset")
+    g.add_argument("--gamma-min", type=float, metavar="G", help="gaussian likelihood: floor of the "
+                   "learned variance gamma (default 0: none)")
     g = p.add_argument_group("baselines (docs/baselines.md)")
     g.add_argument("--pseudo-inputs", type=int, metavar="C", help="vamp: learned pseudo-inputs (default "
                    "per dataset: mnist 200, celeba/images 32 (paper Table 5), digits 50, clusters 10, npy 50)")

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ..errors import ConfigError
 
-ROUTINGS = ("per-coordinate", "per-row")
+ROUTINGS = ("per-row", "per-coordinate")
 SPLITS = ("test", "train")
 
 
@@ -22,7 +22,7 @@ class Protocol:
     real_split: str = "test"
     batch_size: int = 50           # feature-extractor batch (pytorch-fid's default)
     gen_batch_size: int = 128      # generation / reconstruction batch
-    routing: str = "per-coordinate"  # mixture priors: the paper's routed marginal, or per-row
+    routing: Optional[str] = None  # mixture priors: per-row or per-coordinate; None: the run's --routing
     seed: int = 0                  # real-subset choice, generation and reconstruction noise
     png: bool = False              # the paper's PNG round trip (8-bit images read back as RGB)
     inception_size: int = 299      # Inception input side (299: the protocol; others: quick checks)
@@ -42,7 +42,7 @@ class Protocol:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
         if self.real_split not in SPLITS:
             raise ConfigError(f"--real-split must be one of {', '.join(SPLITS)}, got {self.real_split!r}")
-        if self.routing not in ROUTINGS:
+        if self.routing is not None and self.routing not in ROUTINGS:
             raise ConfigError(f"--routing must be one of {', '.join(ROUTINGS)}, got {self.routing!r}")
         if (isinstance(self.inception_size, bool) or not isinstance(self.inception_size, int)
                 or self.inception_size < 75):

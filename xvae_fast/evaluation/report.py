@@ -13,6 +13,8 @@ LABELS = {"fd_lenet": "FD-LeNet", "fd_mlp": "FD-MLP", "fd_data": "FD-data", "fid
 
 def model_name(report: Dict[str, Any]) -> str:
     model, plan = report.get("model"), report.get("plan")
+    if model == "expost":
+        return "ex-post reference (stage-1 AE + fitted prior)"
     return str(model) if not plan or plan in (model, "standard") else f"{model} ({plan})"
 
 
@@ -48,16 +50,22 @@ def _columns(report: Dict[str, Any]):
             cols.append((f"recall ({net})↑", lambda k=key: f"{m[k]['recall']:.3f}"))
     if "is" in m:
         cols.append(("IS↑", lambda: _pm(m["is"])))
+    if "modes" in m:
+        cols.append(("in modes↑", lambda: f"{m['modes']['within_3std']:.3f}"))
+        cols.append(("per-mode shares", lambda: "/".join(f"{v:.2f}" for v in m["modes"]["shares"])))
     return cols
 
 
-def markdown_row(report: Dict[str, Any]) -> str:
-    """The header, separator and row of this run's table (paste rows of several runs together)."""
+def markdown_row(report: Dict[str, Any], *more: Dict[str, Any]) -> str:
+    """The header, separator and row of this run's table, and a row per report in `more` with the
+    same metrics (e.g. the run's ex-post reference); paste rows of several runs together."""
     cols = _columns(report)
     head = "| " + " | ".join(c for c, _ in cols) + " |"
     sep = "|" + "|".join("---" for _ in cols) + "|"
-    row = "| " + " | ".join(f() for _, f in cols) + " |"
-    return "\n".join([head, sep, row])
+    rows = ["| " + " | ".join(f() for _, f in cols) + " |"]
+    for other in more:
+        rows.append("| " + " | ".join(f() for _, f in _columns(other)) + " |")
+    return "\n".join([head, sep] + rows)
 
 
 def markdown(report: Dict[str, Any]) -> str:

@@ -87,6 +87,7 @@ class EvalOptions:
     figures: bool = True
     progress: bool = True
     log: Optional[Callable[[str], None]] = None
+    model: str = "vae"                           # vae: the trained model; expost: the ex-post reference
 
 
 class _Space:
@@ -119,7 +120,11 @@ def _generate(vae, n: int, alpha: float, routing: str, generator) -> torch.Tenso
 
 def _uses_routing(vae) -> bool:
     return ("routing" in inspect.signature(vae.generate).parameters
-            and getattr(vae, "mode", None) == "mixture")
+            and getattr(vae, "mode", None) in ("mixture", "expost")
+            and getattr(getattr(vae, "prior", None), "num_components", 1) > 1)
+
+
+MODELS = ("vae", "expost")
 
 
 @torch.no_grad()
@@ -200,10 +205,18 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
     if opts.fid_stats_out and not str(opts.fid_stats_out).endswith(".npz"):
         raise ConfigError(f"--fid-stats-out must end in .npz, got {opts.fid_stats_out!r}")
 
+    if opts.model not in MODELS:
+        raise ConfigError(f"the evaluated model must be one of {MODELS}, got {opts.model!r}")
     from ..data import load_dataset
-    from ..training import load_run
-    cfg, info, vae, _ = load_run(run, opts.device)
+    if opts.model == "expost":
+        from ..training import load_expost
+        cfg, info, vae, _ = load_expost(run, opts.device)
+    else:
+        from ..training import load_run
+        cfg, info, vae, _ = load_run(run, opts.device)
     dev = next(vae.parameters()).device
+    if proto.routing is None:   # the run's own routing (per-row for models without a routed prior)
+        proto = dataclasses.replace(proto, routing=getattr(vae, "routing", None) or "per-row")
     out = opts.out or (run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run)))
     os.makedirs(out, exist_ok=True)
     threads = opts.threads if opts.threads is not None else getattr(cfg, "threads", None)
@@ -368,6 +381,7 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
         # -- samples per alpha ------------------------------------------------------------------
         per_alpha: Dict[float, Dict[str, Any]] = {a: {} for a in alphas}
         grids: Dict[float, torch.Tensor] = {}
+        headline_samples = None
         t = time.time()
         for a in alphas:
             x = generate(vae, proto.n_fake, a, proto.routing, proto.seed + SAMPLE_SEED_OFFSET,
@@ -375,6 +389,8 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
             if not torch.isfinite(x).all():
                 raise DataError(f"the model generated NaN or inf at alpha {a:g}")
             x = as_seen(x, f"samples_alpha_{a:g}")
+            if a == headline:
+                headline_samples = x
             grids[a] = x[:opts.grid_size if info.kind == "image" else max(opts.grid_size, N_SCATTER)]
             for sp in spaces:
                 f, lg = sp.fn(x, sp.key == "inception" and "is" in metrics)
@@ -392,6 +408,17 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
     # -- assemble ----------------------------------------------------------------------------
     pdict = proto.to_dict()
     h = per_alpha[headline]
+    if "centres" in info.extra:   # the synthetic clusters: in-mode fraction and per-mode shares
+        from ..training.metrics import mode_fraction, nearest_mode_counts
+        xs = info.to_data_space(headline_samples).numpy()
+        c, s = info.extra["centres"], info.extra["stds"]
+        counts = nearest_mode_counts(xs, c, s)
+        results["modes"] = {"within_3std": mode_fraction(xs, c, s), "counts": counts,
+                            "shares": [v / len(xs) for v in counts], "n": int(len(xs)),
+                            "alpha": headline, "routing": proto.routing,
+                            "description": "fraction of decoded samples within 3 standard deviations "
+                                           "of a mode (data units), and each mode's share of the "
+                                           "samples"}
     for sp in fd_spaces:
         entry = results[sp.fd_key]
         entry["samples"] = {"value": h[sp.fd_key], "alpha": headline, "n_real": m, "n_fake": proto.n_fake}
@@ -425,7 +452,10 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
     report = {
         "run": os.path.abspath(run), "out": os.path.abspath(out), "xvae_fast_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "model": getattr(cfg, "model", None), "plan": getattr(cfg, "plan_name", None),
+        "model": "expost" if opts.model == "expost" else getattr(cfg, "model", None),
+        "plan": ("stage-1 AE + fitted prior" if opts.model == "expost"
+                 else getattr(cfg, "plan_name", None)),
+        "evaluated": opts.model,
         "dataset": info.name, "data_kind": info.kind, "shape": list(info.shape),
         "device": str(dev), "threads": threads, "metrics_requested": list(metrics),
         "sample_alpha": headline, "routing_applies": _uses_routing(vae),

@@ -3,10 +3,12 @@ hierarchical, MoG prior, GM-VAE; docs/baselines.md) and their shared architectur
 from __future__ import annotations
 
 from .architectures import build_body, build_decoder
-from .autoencoder import Autoencoder, recon_loss
+from .autoencoder import Autoencoder
 from .baseline import BaselineVAE
+from .expost import ExPostModel
 from .gmvae import GMVAE, gumbel_temperature
 from .hierarchical import HierarchicalVAE
+from .likelihood import LIKELIHOODS, Likelihood, build_likelihood
 from .mog import MoGPriorVAE
 from .ops import get_ops, ops_name
 from .vae import VAE
@@ -14,29 +16,36 @@ from .vamp import VampPriorVAE
 
 
 def build_models(cfg, info, ops=None):
-    """(autoencoder or None, vae) for a resolved TrainConfig and the data's DataInfo."""
+    """(autoencoder or None, vae) for a resolved TrainConfig and the data's DataInfo. Each model gets
+    its own instance of the run's likelihood (a learned variance is a parameter of its model)."""
     hidden = cfg.hidden or (128, 128)
-    ae = Autoencoder(info.kind, info.shape, cfg.latent, hidden) if cfg.has_stage1 else None
     kind, shape, K = info.kind, info.shape, cfg.latent
+
+    def lik():
+        return build_likelihood(cfg.likelihood or "mse", kind, cfg.gamma_min or 0.0)
+
+    ae = Autoencoder(kind, shape, K, hidden, likelihood=lik()) if cfg.has_stage1 else None
+    common = dict(hidden=hidden, ops=ops, likelihood=lik())
     if cfg.model == "vamp":
-        return ae, VampPriorVAE(kind, shape, K, cfg.pseudo_inputs, hidden, ops=ops)
+        return ae, VampPriorVAE(kind, shape, K, cfg.pseudo_inputs, **common)
     if cfg.model == "mog":
-        return ae, MoGPriorVAE(kind, shape, K, cfg.mog_components, hidden, ops=ops)
+        return ae, MoGPriorVAE(kind, shape, K, cfg.mog_components, **common)
     if cfg.model == "hierarchical":
-        return ae, HierarchicalVAE(kind, shape, K, cfg.hier_top, cfg.hier_hidden, hidden, ops=ops)
+        return ae, HierarchicalVAE(kind, shape, K, cfg.hier_top, cfg.hier_hidden, **common)
     if cfg.model == "gmvae":
         return ae, GMVAE(kind, shape, K, cfg.gmvae_clusters, cfg.gumbel_tau_start, cfg.gumbel_tau_end,
-                         cfg.gumbel_anneal, cfg.gumbel_anneal_steps, hidden, ops=ops)
+                         cfg.gumbel_anneal, cfg.gumbel_anneal_steps, **common)
     if cfg.model == "vae":
         mode, plan = "standard", None
     elif cfg.plan == "single":
         mode, plan = "single", None
     else:
         mode, plan = "mixture", cfg.build_plan()
-    vae = VAE(info.kind, info.shape, cfg.latent, mode, plan, hidden, ops=ops)
+    vae = VAE(kind, shape, K, mode, plan, kl=cfg.kl or "paper", routing=cfg.routing or "per-row",
+              **common)
     return ae, vae
 
 
 __all__ = ["Autoencoder", "VAE", "BaselineVAE", "VampPriorVAE", "HierarchicalVAE", "MoGPriorVAE",
-           "GMVAE", "build_models", "build_body", "build_decoder", "get_ops", "gumbel_temperature",
-           "ops_name", "recon_loss"]
+           "GMVAE", "ExPostModel", "Likelihood", "LIKELIHOODS", "build_likelihood", "build_models",
+           "build_body", "build_decoder", "get_ops", "gumbel_temperature", "ops_name"]

@@ -6,8 +6,10 @@
   layers, capped at 512 channels, for larger sizes), mirrored decoder.
 - 8x8 images (scikit-learn digits): a small C-32-64 conv net (8 -> 8 -> 4).
 - vectors (D,): an MLP with the `hidden` layer sizes, mirrored in the decoder.
-Image decoders end in a sigmoid (pixels in [0, 1]); vector decoders are linear. The body maps an
-example to a flat feature vector; the heads (models.autoencoder / models.vae) map it to the latent.
+Decoders emit a raw output (linear, no final squashing); the model's likelihood (models.likelihood)
+maps it to the data-space mean: a sigmoid for images (pixels in [0, 1]) and for Bernoulli data, the
+identity for other vectors. The body maps an example to a flat feature vector; the heads
+(models.autoencoder / models.vae) map it to the latent.
 """
 from __future__ import annotations
 
@@ -68,7 +70,6 @@ class ConvDecoder(nn.Module):
             mods.append(conv)
             if not last:
                 mods.append(nn.ReLU(inplace=True))
-        mods.append(nn.Sigmoid())
         self.net = nn.Sequential(*mods)
         self.shape = tuple(shape)
 

@@ -5,8 +5,8 @@ and the trainable parameter count split into total and prior (paper Table 4).
 Interface (the same as `VAE`):
 - `encode(x)` -> (logits or None, mu, logvar): the posterior's parameters over the K decoded coordinates;
 - `decode(z)`, `forward(x, generator=None)` -> {"xhat", "z", "mu", "logvar", "logits"};
-- `loss(x, generator=None)` -> {"loss", "recon", "kl", "kl_cat", "kl_gauss"}: reconstruction (squared
-  error summed per example) + KL, both averaged over the batch. `kl_cat` is the KL of a discrete latent
+- `loss(x, generator=None)` -> {"loss", "recon", "kl", "kl_cat", "kl_gauss"}: reconstruction (the
+  negative log-likelihood of the run's `--likelihood`, summed per example) + KL, both averaged over the batch. `kl_cat` is the KL of a discrete latent
   (the GM-VAE's cluster variable; 0 for the continuous models), `kl_gauss` the rest;
 - `generate(n, alpha, routing, generator)`: decoded samples of the model's own prior, with `alpha`
   scaling the prior's standard deviations as X-VAE does. A learned mixture prior is sampled jointly (one
@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from .architectures import build_body, build_decoder
-from .autoencoder import recon_loss
+from .likelihood import Likelihood, SquaredError
 from .ops import get_ops
 
-ROUTINGS = ("per-coordinate", "per-row")
+ROUTINGS = ("per-row", "per-coordinate")
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -64,7 +64,7 @@ class BaselineVAE(nn.Module):
     requires_prior_fit = False     # the prior is learned (or fixed), never fitted on stage-1 latents
 
     def __init__(self, kind: str, shape: Sequence[int], latent: int, hidden: Sequence[int] = (128, 128),
-                 ops=None):
+                 ops=None, likelihood: Optional[Likelihood] = None):
         super().__init__()
         self.kind, self.shape, self.latent = kind, tuple(shape), latent
         self.plan = None
@@ -72,10 +72,12 @@ class BaselineVAE(nn.Module):
         self.ops = ops if ops is not None else get_ops()
         self.body = build_body(kind, shape, hidden)
         self.decoder = build_decoder(kind, latent, shape, hidden)
+        self.likelihood = likelihood if likelihood is not None else SquaredError(kind)
 
     # -- interface ------------------------------------------------------------------------------------
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
+        """The data-space mean of p(x | z)."""
+        return self.likelihood.mean(self.decoder(z))
 
     def prior_parameters(self) -> Iterable[nn.Parameter]:
         return []
@@ -91,7 +93,8 @@ class BaselineVAE(nn.Module):
         """Called by the trainer with the number of training steps of the run (schedules)."""
 
     def _loss_terms(self, x: torch.Tensor, generator=None):
-        """(xhat, z, mu, logvar, logits, kl_cat, kl_gauss) for a batch."""
+        """(decoder output h (raw, before the likelihood's mean), z, mu, logvar, logits, kl_cat,
+        kl_gauss) for a batch."""
         raise NotImplementedError
 
     def sample_latent(self, n: int, alpha: float = 1.0, generator=None) -> torch.Tensor:
@@ -99,20 +102,22 @@ class BaselineVAE(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, generator=None) -> Dict[str, torch.Tensor]:
-        xhat, z, mu, logvar, logits, _, _ = self._loss_terms(x, generator)
-        return {"xhat": xhat, "z": z, "mu": mu, "logvar": logvar, "logits": logits}
+        h, z, mu, logvar, logits, _, _ = self._loss_terms(x, generator)
+        return {"xhat": self.likelihood.mean(h), "z": z, "mu": mu, "logvar": logvar, "logits": logits}
 
     def loss(self, x: torch.Tensor, generator=None) -> Dict[str, torch.Tensor]:
-        xhat, _, _, _, _, kl_cat, kl_gauss = self._loss_terms(x, generator)
-        recon = recon_loss(xhat, x)
+        h, _, _, _, _, kl_cat, kl_gauss = self._loss_terms(x, generator)
+        recon = self.likelihood.nll(h, x)
         kl = kl_cat + kl_gauss
         return {"loss": recon + kl, "recon": recon, "kl": kl, "kl_cat": kl_cat, "kl_gauss": kl_gauss}
 
     @torch.no_grad()
-    def generate(self, n: int, alpha: float = 1.0, routing: str = "per-coordinate",
+    def generate(self, n: int, alpha: float = 1.0, routing: Optional[str] = None,
                  generator=None) -> torch.Tensor:
-        """n decoded samples of the model's own prior (alpha scales its standard deviations)."""
-        check_routing(routing)
+        """n decoded samples of the model's own prior (alpha scales its standard deviations); a
+        learned mixture is always sampled jointly, whatever `routing` says."""
+        if routing is not None:
+            check_routing(routing)
         z = self.sample_latent(n, alpha, generator)
         return self.decode(z.float()).float()
 
@@ -141,8 +146,8 @@ class MixturePriorVAE(BaselineVAE):
     log p(z) from the fused `mixture_log_prob`, and sampling draws one component per row."""
 
     def __init__(self, kind: str, shape: Sequence[int], latent: int, hidden: Sequence[int] = (128, 128),
-                 ops=None):
-        super().__init__(kind, shape, latent, hidden, ops)
+                 ops=None, likelihood: Optional[Likelihood] = None):
+        super().__init__(kind, shape, latent, hidden, ops, likelihood)
         f = self.body.features
         self.mu_head = nn.Linear(f, latent)
         self.logvar_head = nn.Linear(f, latent)
@@ -163,7 +168,7 @@ class MixturePriorVAE(BaselineVAE):
         _, mu, logvar = self.encode(x)
         z = reparameterize(mu, logvar, generator)
         kl = (log_normal(z, mu, logvar) - self.log_prior(z)).mean()
-        return self.decode(z), z, mu, logvar, None, torch.zeros_like(kl), kl
+        return self.decoder(z), z, mu, logvar, None, torch.zeros_like(kl), kl
 
     def sample_latent(self, n: int, alpha: float = 1.0, generator=None) -> torch.Tensor:
         lw, m, lv = self.prior_components()

@@ -68,8 +68,8 @@ class GMVAE(BaselineVAE):
 
     def __init__(self, kind: str, shape: Sequence[int], latent: int, clusters: int = 10,
                  tau_start: float = 1.0, tau_end: float = 0.5, anneal: str = "exp", anneal_steps: int = 0,
-                 hidden: Sequence[int] = (128, 128), ops=None):
-        super().__init__(kind, shape, latent, hidden, ops)
+                 hidden: Sequence[int] = (128, 128), ops=None, likelihood=None):
+        super().__init__(kind, shape, latent, hidden, ops, likelihood)
         if clusters < 1:
             raise ValueError(f"the GM-VAE needs at least one cluster, got {clusters}")
         gumbel_temperature(0, tau_start, tau_end, anneal, anneal_steps)  # validate
@@ -119,7 +119,7 @@ class GMVAE(BaselineVAE):
         kl_gauss = (log_normal(z, mu, logvar) - log_normal(z, mu_p, lv_p)).mean()
         log_q = torch.log_softmax(logits, -1)
         kl_cat = (log_q.exp() * (log_q + math.log(self.clusters))).sum(-1).mean()
-        return self.decode(z), z, mu, logvar, logits, kl_cat, kl_gauss
+        return self.decoder(z), z, mu, logvar, logits, kl_cat, kl_gauss
 
     def sample_latent(self, n: int, alpha: float = 1.0, generator=None) -> torch.Tensor:
         m = self.prior_means.float()

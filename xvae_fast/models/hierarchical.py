@@ -31,8 +31,8 @@ class HierarchicalVAE(BaselineVAE):
     mode = "hierarchical"
 
     def __init__(self, kind: str, shape: Sequence[int], latent: int, top: int = None,
-                 prior_hidden: int = 256, hidden: Sequence[int] = (128, 128), ops=None):
-        super().__init__(kind, shape, latent, hidden, ops)
+                 prior_hidden: int = 256, hidden: Sequence[int] = (128, 128), ops=None, likelihood=None):
+        super().__init__(kind, shape, latent, hidden, ops, likelihood)
         top = max(1, latent // 2) if top is None else top
         if latent < 2 or not 1 <= top < latent:
             raise ValueError(f"the hierarchical VAE splits K = {latent} into a bottom level and a top "
@@ -81,7 +81,7 @@ class HierarchicalVAE(BaselineVAE):
         kl_bottom = gaussian_kl_diag(mu1, lv1, mu_p, lv_p)
         kl = (kl_top + kl_bottom).mean()
         z = torch.cat([z1, z2], 1)
-        return (self.decode(z), z, torch.cat([mu1, mu2], 1), torch.cat([lv1, lv2], 1), None,
+        return (self.decoder(z), z, torch.cat([mu1, mu2], 1), torch.cat([lv1, lv2], 1), None,
                 torch.zeros_like(kl), kl)
 
     def sample_latent(self, n: int, alpha: float = 1.0, generator=None) -> torch.Tensor:

@@ -22,8 +22,8 @@ class MoGPriorVAE(MixturePriorVAE):
     mode = "mog"
 
     def __init__(self, kind: str, shape: Sequence[int], latent: int, components: int = 10,
-                 hidden: Sequence[int] = (128, 128), ops=None):
-        super().__init__(kind, shape, latent, hidden, ops)
+                 hidden: Sequence[int] = (128, 128), ops=None, likelihood=None):
+        super().__init__(kind, shape, latent, hidden, ops, likelihood)
         if components < 1:
             raise ValueError(f"the MoG prior needs at least one component, got {components}")
         # means spread like N(0, I) draws so the components start apart; unit variances, equal weights

@@ -29,8 +29,8 @@ class VampPriorVAE(MixturePriorVAE):
     mode = "vamp"
 
     def __init__(self, kind: str, shape: Sequence[int], latent: int, pseudo_inputs: int = 200,
-                 hidden: Sequence[int] = (128, 128), ops=None):
-        super().__init__(kind, shape, latent, hidden, ops)
+                 hidden: Sequence[int] = (128, 128), ops=None, likelihood=None):
+        super().__init__(kind, shape, latent, hidden, ops, likelihood)
         if pseudo_inputs < 1:
             raise ValueError(f"the VampPrior needs at least one pseudo-input, got {pseudo_inputs}")
         u = torch.empty(pseudo_inputs, *self.shape)

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 
 COLUMNS = ["stage", "epoch", "step", "lr", "train_loss", "train_recon", "train_kl", "train_kl_cat",
            "train_kl_gauss", "test_loss", "test_recon", "test_kl", "test_kl_cat", "test_kl_gauss",
-           "time_s"]
+           "gamma", "gamma_floor_binds", "time_s"]
 
 
 def write_json(obj, path: str) -> None:
@@ -86,6 +86,8 @@ def table_row(summary: Dict) -> str:
     row = (f"{summary['model_name']}: train {f(tr.get('loss'))}  test {f(te.get('loss'))}  recon "
            f"{f(te.get('recon'))}  KL {f(te.get('kl'))} (categorical {f(te.get('kl_cat'))}, "
            f"Gaussian {f(te.get('kl_gauss'))})")
+    if summary.get("likelihood"):
+        row += f"; likelihood {summary['likelihood']}, objective in {summary.get('objective_units')}"
     params = summary.get("params")
     if params:  # paper Table 4
         row += f"; trainable parameters {params['total']} (prior {params['prior']})"

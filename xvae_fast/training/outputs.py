@@ -1,6 +1,7 @@
-"""What a finished run writes next to its checkpoint: loss curves, reconstructions, samples (per-
-coordinate and per-row routing), an alpha sweep, the raw samples, and for the synthetic clusters the
-fraction of samples that land within 3 standard deviations of a mode."""
+"""What a finished run writes next to its checkpoint: loss curves, reconstructions, samples (the run's
+--routing in samples.png; a mixture X-VAE also gets the other routing, and the ex-post reference, the
+stage-1 autoencoder decoding per-row prior samples), an alpha sweep, the raw samples, and for the
+synthetic clusters the fraction of samples that land within 3 standard deviations of a mode."""
 from __future__ import annotations
 
 import os
@@ -17,6 +18,13 @@ N_RECON = 32
 N_SWEEP_IMAGES = 10
 N_SWEEP_POINTS = 600
 N_CLUSTER_SAMPLES = 2000
+
+
+def _title(key: str, alpha: float) -> str:
+    if key == "expost":
+        return (f"ex-post reference: stage-1 AE decoding prior samples, alpha={alpha:g}, per-row "
+                "routing")
+    return f"samples, alpha={alpha:g}, {key} routing"
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
@@ -38,7 +46,19 @@ def write_outputs(tr) -> Dict[str, Any]:
     files["curves"] = "curves.png"
 
     mixture = vae.mode == "mixture"
-    routings = ["per-coordinate", "per-row"] if mixture else ["per-coordinate"]
+    primary = getattr(vae, "routing", None) or "per-row"
+    routings = [primary] + ([r for r in ("per-row", "per-coordinate") if r != primary] if mixture else [])
+    sample_sets = {r: r for r in routings}
+    expost = None
+    if ae is not None and vae.prior is not None:
+        from ..models import ExPostModel
+        expost = ExPostModel(ae, vae.prior, "per-row", vae.ops)
+        sample_sets["expost"] = "expost"
+
+    def file_name(key):
+        if key == primary:
+            return "samples.png"
+        return "samples_expost.png" if key == "expost" else f"samples_{key.replace('-', '_')}.png"
     devices = [dev] if dev.type == "cuda" else []
     result: Dict[str, Any] = {}
 
@@ -51,11 +71,13 @@ def write_outputs(tr) -> Dict[str, Any]:
         xa = ae(x)[0].float() if ae is not None else None
 
     samples = {}
-    for routing in routings:
+    for key in sample_sets:
         g = _generator(dev, seed + 1)
         n = cfg.n_samples if info.kind == "image" else max(cfg.n_samples, N_CLUSTER_SAMPLES)
-        samples[routing] = info.to_data_space(vae.generate(n, cfg.alpha, routing, generator=g))
-    np.save(os.path.join(out, "samples.npy"), samples["per-coordinate"].numpy())
+        model = expost if key == "expost" else vae
+        routing = None if key == "expost" else key
+        samples[key] = info.to_data_space(model.generate(n, cfg.alpha, routing, generator=g))
+    np.save(os.path.join(out, "samples.npy"), samples[primary].numpy())
     files["samples_npy"] = "samples.npy"
 
     if info.kind == "image":
@@ -69,17 +91,16 @@ def write_outputs(tr) -> Dict[str, Any]:
             chunks.append(r[:16])
         save_image_rows(chunks, labels, os.path.join(out, "reconstructions.png"),
                         "test reconstructions")
-        for routing in routings:
-            name = "samples.png" if routing == "per-coordinate" else "samples_per_row.png"
-            save_image_grid(samples[routing], os.path.join(out, name), nrow=8,
-                            title=f"samples, alpha={cfg.alpha:g}, {routing} routing")
-            files[f"samples_{routing}"] = name
+        for key in sample_sets:
+            name = file_name(key)
+            save_image_grid(samples[key], os.path.join(out, name), nrow=8, title=_title(key, cfg.alpha))
+            files[f"samples_{key}"] = name
         sweep = []
         for a in cfg.alphas:
             g = _generator(dev, seed + 2)
-            sweep.append(info.to_data_space(vae.generate(N_SWEEP_IMAGES, a, "per-coordinate", g)))
+            sweep.append(info.to_data_space(vae.generate(N_SWEEP_IMAGES, a, primary, g)))
         save_image_rows(sweep, [f"alpha={a:g}" for a in cfg.alphas], os.path.join(out, "alpha_sweep.png"),
-                        "alpha sweep (same noise, per-coordinate routing)")
+                        f"alpha sweep (same noise, {primary} routing)")
     else:
         data_np = info.to_data_space(x).numpy()
         sets = [data_np, info.to_data_space(xv).numpy()]
@@ -89,27 +110,27 @@ def write_outputs(tr) -> Dict[str, Any]:
             labels.insert(1, "AE")
         save_scatter(sets, labels, os.path.join(out, "reconstructions.png"), "test reconstructions",
                      panels=True, reference=data_np)
-        for routing in routings:
-            name = "samples.png" if routing == "per-coordinate" else "samples_per_row.png"
-            save_scatter([data_np, samples[routing].numpy()], ["data (test)", "samples"],
-                         os.path.join(out, name), f"samples, alpha={cfg.alpha:g}, {routing} routing")
-            files[f"samples_{routing}"] = name
+        for key in sample_sets:
+            name = file_name(key)
+            save_scatter([data_np, samples[key].numpy()], ["data (test)", "samples"],
+                         os.path.join(out, name), _title(key, cfg.alpha))
+            files[f"samples_{key}"] = name
         sweep = []
         for a in cfg.alphas:
             g = _generator(dev, seed + 2)
-            sweep.append(info.to_data_space(vae.generate(N_SWEEP_POINTS, a, "per-coordinate", g)).numpy())
+            sweep.append(info.to_data_space(vae.generate(N_SWEEP_POINTS, a, primary, g)).numpy())
         save_scatter(sweep, [f"alpha={a:g}" for a in cfg.alphas], os.path.join(out, "alpha_sweep.png"),
-                     "alpha sweep (per-coordinate routing)", panels=True, reference=data_np)
+                     f"alpha sweep ({primary} routing)", panels=True, reference=data_np)
         if "centres" in info.extra:
             c, s = info.extra["centres"], info.extra["stds"]
             result["clusters"] = {
                 "within_3std_data": mode_fraction(data_np, c, s),
-                "within_3std_samples": {r: mode_fraction(samples[r].numpy(), c, s) for r in routings},
-                "samples_per_mode": {r: nearest_mode_counts(samples[r].numpy(), c, s) for r in routings},
+                "within_3std_samples": {r: mode_fraction(samples[r].numpy(), c, s) for r in sample_sets},
+                "samples_per_mode": {r: nearest_mode_counts(samples[r].numpy(), c, s) for r in sample_sets},
                 "within_3std_reconstructions": mode_fraction(info.to_data_space(xv).numpy(), c, s),
                 "recon_mse_data_units": float(((info.to_data_space(xv) - info.to_data_space(x)) ** 2)
                                               .sum(1).mean()),
-                "n_samples": int(samples["per-coordinate"].shape[0]),
+                "n_samples": int(samples[primary].shape[0]), "routing": primary,
             }
     files["reconstructions"] = "reconstructions.png"
     files["alpha_sweep"] = "alpha_sweep.png"

@@ -125,6 +125,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.data: DataBundle = load_dataset(cfg)
         self.info: DataInfo = self.data.info
+        self._check_likelihood_data()
         self.ae, self.vae = build_models(cfg, self.info, self.ops)
         if hasattr(self.vae, "set_total_steps"):  # schedules over the training (GM-VAE temperature)
             self.vae.set_total_steps(cfg.epochs_vae * self._steps_per_epoch())
@@ -160,6 +161,19 @@ class Trainer:
                  f"device {self.device}")
 
     # -- setup helpers ------------------------------------------------------------------------------
+    def _check_likelihood_data(self) -> None:
+        """`bernoulli` models data in [0, 1]: refuse other data up front (image files are [0, 1] by
+        construction; tensors held in memory are checked)."""
+        if self.cfg.likelihood != "bernoulli":
+            return
+        from ..models.likelihood import check_bernoulli_data
+        for name, ds in (("training", self.data.train), ("test", self.data.test)):
+            if ds.in_memory and len(ds):
+                msg = check_bernoulli_data(ds.get_batch(torch.arange(len(ds))),
+                                           f"the {name} data ({self.info.name}, model space)")
+                if msg:
+                    raise ConfigError(msg)
+
     @property
     def model_name(self) -> str:
         if self.cfg.model in MODEL_NAMES:
@@ -182,7 +196,7 @@ class Trainer:
         run = cfg.resume
         ck = ckpt.load_checkpoint(run)
         try:
-            saved = TrainConfig.from_dict(ck["config"])
+            saved = TrainConfig.from_saved(ck["config"])
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint in {run!r} has an unreadable config: {exc}") from exc
         given = _explicit_changes(cfg, explicit)
@@ -238,7 +252,7 @@ class Trainer:
     def _load_stage1(self, source: str) -> None:
         """Reuse the trained autoencoder of another run (skip stage 1; the prior is refitted)."""
         ck = ckpt.load_checkpoint(source)
-        src = TrainConfig.from_dict(ck["config"])
+        src = TrainConfig.from_saved(ck["config"])
         path = ckpt.checkpoint_path(source)
         if src.model != "xvae" or ck["models"].get("ae") is None:
             raise ConfigError(f"--stage1-from {source!r}: that run has no stage-1 autoencoder")
@@ -464,6 +478,8 @@ class Trainer:
         record: Dict[str, Any] = {"stage": stage, "epoch": self.epoch + 1, "step": self.step,
                                   "lr": self.opt[stage].param_groups[0]["lr"]}
         record.update({f"train_{k}": self.running[k] / cnt for k in names})
+        model = self.ae if stage == "ae" else self.vae
+        record.update(model.likelihood.stats())      # the learned variance (gaussian), per epoch
         last = self.epoch + 1 == epochs
         if last or (cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0):
             record.update({f"test_{k}": v for k, v in self.evaluate(stage, self.data.test).items()})
@@ -474,6 +490,9 @@ class Trainer:
             self.tb.log_epoch(record)
         label = "AE" if stage == "ae" else "VAE"
         parts = " ".join(f"{k}={record[k]:.4g}" for k in record if k.startswith(("train_", "test_")))
+        if "gamma" in record:
+            parts += f" gamma={record['gamma']:.4g}" + (" (at the --gamma-min floor)"
+                                                         if record["gamma_floor_binds"] else "")
         self.log(f"{label} epoch {self.epoch + 1}/{epochs} step {self.step}: {parts}")
         self.epoch += 1
         self.batch = 0
@@ -522,6 +541,9 @@ class Trainer:
                 self.stage, self.epoch, self.batch = "prior", 0, 0
             if self.stage == "prior":
                 self.fit_prior()
+                if self.cfg.stage2_init == "ae":
+                    self.vae.init_from_autoencoder(self.ae)
+                    self.log("stage 2 initialised from the stage-1 autoencoder (--stage2-init ae)")
                 self.stage, self.epoch, self.batch = "vae", 0, 0
                 self.save_checkpoint()
             if self.stage == "vae":
@@ -561,6 +583,9 @@ class Trainer:
             test = self.evaluate("vae", self.data.test)
         summary: Dict[str, Any] = {
             "model": cfg.model, "plan": cfg.plan_name, "model_name": self.model_name,
+            "preset": cfg.preset, "kl_objective": cfg.kl, "stage2_init": cfg.stage2_init,
+            "routing": cfg.routing, "likelihood": cfg.likelihood,
+            "objective_units": self.vae.likelihood.units,
             "dataset": cfg.dataset, "latent": cfg.latent, "ops": ops_name(self.ops),
             "device": str(self.device), "steps": self.step,
             "train": {k: last.get(f"train_{k}") for k in TERMS_VAE},
@@ -569,6 +594,7 @@ class Trainer:
             # paper Table 4: trainable parameters of the generative model, and of its prior alone
             "params": self.vae.param_counts(),
         }
+        summary.update({f"likelihood_{k}": v for k, v in self.vae.likelihood.stats().items()})
         if self.ae is not None:  # X-VAE's one-time stage-1 autoencoder, not counted in Table 4
             summary["stage1_params"] = int(sum(p.numel() for p in self.ae.parameters() if p.requires_grad))
         ae_last = [r for r in self.history if r["stage"] == "ae"]
@@ -601,7 +627,7 @@ def load_run(run_dir: str, device: str = "cpu"):
     """(config, DataInfo, VAE with its prior) from a run folder, for sampling."""
     ck = ckpt.load_checkpoint(run_dir)
     path = ckpt.checkpoint_path(run_dir)
-    cfg = TrainConfig.from_dict(ck["config"])
+    cfg = TrainConfig.from_saved(ck["config"])
     info = DataInfo.from_dict(ck["data_info"])
     learned_prior = cfg.model in LEARNED_PRIOR_MODELS  # no frozen prior buffers to restore
     if ck["stage"] in ("ae", "prior") or (ck["prior"] is None and not learned_prior):
@@ -615,3 +641,25 @@ def load_run(run_dir: str, device: str = "cpu"):
     ckpt.load_state(vae, ck["models"]["vae"], "VAE", path)
     vae.to(dev).eval()
     return cfg, info, vae, ck
+
+
+def load_expost(run_dir: str, device: str = "cpu", routing: str = "per-row"):
+    """(config, DataInfo, ExPostModel, checkpoint): the ex-post reference of an X-VAE run, its stage-1
+    autoencoder decoding samples of the prior fitted on its latents (no stage 2)."""
+    from ..models import Autoencoder, ExPostModel, build_likelihood
+    ck = ckpt.load_checkpoint(run_dir)
+    path = ckpt.checkpoint_path(run_dir)
+    cfg = TrainConfig.from_saved(ck["config"])
+    info = DataInfo.from_dict(ck["data_info"])
+    if ck["models"].get("ae") is None or ck["prior"] is None:
+        raise CheckpointError(f"run {run_dir!r} has no fitted stage-1 prior (it is a {cfg.model} run at "
+                              f"stage {ck['stage']!r}); the ex-post reference needs an X-VAE run past "
+                              "its prior fit")
+    dev = pick_device(device)
+    ae = Autoencoder(info.kind, info.shape, cfg.latent, cfg.hidden or (128, 128),
+                     likelihood=build_likelihood(cfg.likelihood or "mse", info.kind, cfg.gamma_min or 0.0))
+    ckpt.load_state(ae, ck["models"]["ae"], "stage-1 autoencoder", path)
+    p = ck["prior"]
+    prior = MixturePrior(p["weights"], p["means"], p["stds"])
+    model = ExPostModel(ae, prior, routing, get_ops(device=dev)).to(dev).eval()
+    return cfg, info, model, ck

@@ -1,0 +1,135 @@
+"""Decoder likelihoods p(x | z), shared by the stage-1 autoencoder, X-VAE and every baseline
+(`--likelihood`, SPEC Revision 2).
+
+A decoder emits a raw output h per example; the likelihood turns it into the data-space mean
+(`mean(h)`) and into the per-example negative log-likelihood (`nll(h, x)`, summed over the example's
+entries, averaged over the batch):
+
+- `mse` (the paper): the squared error sum_p (x_p - f_p)^2, f = mean(h). Its units are squared data
+  units, not nats.
+- `bernoulli`: the binary cross-entropy sum_p -[x_p log f_p + (1 - x_p) log(1 - f_p)] with
+  f = sigmoid(h), computed from the logits h (stable); the data must lie in [0, 1]. Nats.
+- `gaussian`: N(x; f, gamma I) with one learned scalar variance gamma = g^2 (Two-Stage VAE; the
+  parameter is the log standard deviation `log_gamma_std`, as in the authors' code, initialised at 0):
+  sum_p (x_p - f_p)^2 / (2 g^2) + D log g + (D/2) log(2 pi). Nats. An optional floor `gamma_min`
+  keeps gamma >= gamma_min (the gradient of log g stops while it binds; `floor_binds()` tells).
+
+For `mse` and `gaussian` the mean is sigmoid(h) on images (pixels in [0, 1]) and h itself on vectors;
+for `bernoulli` it is always sigmoid(h).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LIKELIHOODS = ("mse", "bernoulli", "gaussian")
+UNITS = {"mse": "squared error (sum over an example's entries)",
+         "bernoulli": "nats (binary cross-entropy summed over an example's entries)",
+         "gaussian": "nats (Gaussian negative log-likelihood with the learned variance)"}
+LOG_2PI = math.log(2 * math.pi)
+
+
+class Likelihood(nn.Module):
+    name = "base"
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind  # 'image' or 'vector'
+
+    @property
+    def units(self) -> str:
+        return UNITS[self.name]
+
+    def mean(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(h) if self.kind == "image" else h
+
+    def nll_rows(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-example negative log-likelihood (B,), float32 (or float64 for float64 data)."""
+        raise NotImplementedError
+
+    def nll(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.nll_rows(h, x).mean()
+
+    def stats(self) -> Dict[str, float]:
+        """Scalars worth logging per epoch (the learned variance)."""
+        return {}
+
+
+def _acc(h: torch.Tensor, x: torch.Tensor):
+    dt = torch.float64 if torch.float64 in (h.dtype, x.dtype) else torch.float32
+    return h.to(dt), x.to(dt)
+
+
+class SquaredError(Likelihood):
+    name = "mse"
+
+    def nll_rows(self, h, x):
+        h, x = _acc(h, x)
+        return (self.mean(h) - x).pow(2).flatten(1).sum(1)
+
+
+class Bernoulli(Likelihood):
+    name = "bernoulli"
+
+    def mean(self, h):
+        return torch.sigmoid(h)
+
+    def nll_rows(self, h, x):
+        h, x = _acc(h, x)
+        return F.binary_cross_entropy_with_logits(h, x, reduction="none").flatten(1).sum(1)
+
+
+class LearnedGaussian(Likelihood):
+    name = "gaussian"
+
+    def __init__(self, kind: str, gamma_min: float = 0.0):
+        super().__init__(kind)
+        self.log_gamma_std = nn.Parameter(torch.zeros(()))
+        self.gamma_min = float(gamma_min)
+
+    def log_std(self) -> torch.Tensor:
+        """log g, clamped at the floor 0.5 log gamma_min when one is set."""
+        lg = self.log_gamma_std.float()
+        if self.gamma_min > 0:
+            lg = lg.clamp_min(0.5 * math.log(self.gamma_min))
+        return lg
+
+    def nll_rows(self, h, x):
+        h, x = _acc(h, x)
+        lg = self.log_std().to(h.dtype)
+        sq = (self.mean(h) - x).pow(2).flatten(1)
+        d = sq.shape[1]
+        return sq.sum(1) * (0.5 * torch.exp(-2 * lg)) + d * (lg + 0.5 * LOG_2PI)
+
+    @property
+    def gamma(self) -> float:
+        return float(torch.exp(2 * self.log_std()).detach())
+
+    def floor_binds(self) -> bool:
+        return self.gamma_min > 0 and float(self.log_gamma_std.detach()) < 0.5 * math.log(self.gamma_min)
+
+    def stats(self) -> Dict[str, float]:
+        return {"gamma": self.gamma, "gamma_floor_binds": float(self.floor_binds())}
+
+
+def build_likelihood(name: str, kind: str, gamma_min: float = 0.0) -> Likelihood:
+    if name == "mse":
+        return SquaredError(kind)
+    if name == "bernoulli":
+        return Bernoulli(kind)
+    if name == "gaussian":
+        return LearnedGaussian(kind, gamma_min)
+    raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {name!r}")
+
+
+def check_bernoulli_data(x: torch.Tensor, what: str = "the training data") -> Optional[str]:
+    """None when x lies in [0, 1], else a message saying why `bernoulli` does not apply."""
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:
+        return (f"--likelihood bernoulli needs data in [0, 1], but {what} spans [{lo:.4g}, {hi:.4g}]; "
+                "use --likelihood mse or gaussian (or rescale the data)")
+    return None
