@@ -29,7 +29,8 @@ def read_json(path):
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     run = str(tmp_path_factory.mktemp("eval_runs") / "digits")
-    assert train(*TINY_DIGITS, "--no-outputs", "--out", run) == 0
+    # squared-error likelihood: the trainer's recon term is then in Rec's units (compared below)
+    assert train(*TINY_DIGITS, "--likelihood", "mse", "--no-outputs", "--out", run) == 0
     return run
 
 
@@ -166,7 +167,7 @@ def test_vector_data_uses_an_mlp_classifier(tmp_path, cache):
     assert evaluate("--run", run, "--cache-dir", cache, "--alpha", "0.5,2", "--classifier-steps", "100",
                     "--n-fake", "300", "--no-progress") == 0
     rep = read_json(os.path.join(run, "eval.json"))
-    assert set(rep["metrics"]) == {"rec", "fd_mlp", "pr_mlp"}
+    assert set(rep["metrics"]) == {"rec", "fd_mlp", "pr_mlp", "modes"}   # clusters: in-mode shares
     assert rep["feature_nets"]["mlp"]["test_accuracy"] > 0.9
     v = rep["sweep"]["values"]["fd_mlp"]
     assert v[0] != v[1] and os.path.isfile(os.path.join(run, "eval_alpha_grid.png"))

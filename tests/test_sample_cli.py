@@ -27,8 +27,11 @@ def test_npy_images_in_unit_range_and_repeatable(runs, tmp_path):
         again, _ = sample_run(runs["digits"], 10, 1.2)
         other, _ = sample_run(runs["digits"], 10, 1.2, seed=1)
         per_row, _ = sample_run(runs["digits"], 10, 1.2, routing="per-row")
+        per_coord, _ = sample_run(runs["digits"], 10, 1.2, routing="per-coordinate")
     assert np.array_equal(again.numpy(), x)
-    assert not np.array_equal(other.numpy(), x) and not np.array_equal(per_row.numpy(), x)
+    # the default is the run's --routing (per-row by default); the other routing draws otherwise
+    assert np.array_equal(per_row.numpy(), x)
+    assert not np.array_equal(other.numpy(), x) and not np.array_equal(per_coord.numpy(), x)
 
 
 def test_png_grid_for_images(runs, tmp_path):

@@ -14,7 +14,7 @@ from train_utils import TINY_DIGITS, cli, load_ck, train
 
 def test_resolve_fills_dataset_defaults():
     cfg = resolve(TrainConfig())
-    assert cfg.dataset == "digits" and cfg.model == "xvae" and cfg.plan == "full"
+    assert cfg.dataset == "digits" and cfg.model == "xvae" and cfg.plan == "matched"
     assert cfg.latent == 10 and cfg.epochs_ae >= 1 and cfg.epochs_vae >= 1
     assert cfg.batch_size == 128 and cfg.lr == 1e-3 and cfg.seed == 42
     mnist = resolve(TrainConfig(dataset="mnist:/data/m"))
@@ -39,7 +39,7 @@ def test_run_saves_its_full_resolved_config_and_it_repeats_the_run(tmp_path):
     assert train(*TINY_DIGITS, "--no-outputs", "--out", run) == 0
     saved = load_config_file(f"{run}/config.yaml")
     assert set(saved) == set(TrainConfig.field_names())
-    assert saved["latent"] == 4 and saved["limit"] == 160 and saved["plan"] == "full"
+    assert saved["latent"] == 4 and saved["limit"] == 160 and saved["plan"] == "matched"
     assert saved["epochs_ae"] == 2 and saved["dataset"] == "digits"
     # the saved file repeats the run (to a new folder): same weights
     run_b = str(tmp_path / "b")

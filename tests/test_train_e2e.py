@@ -33,7 +33,7 @@ def stage1(tmp_path_factory):
 
 
 def test_full_run_on_clusters_writes_everything(stage1):
-    for name in RUN_FILES + ["samples_per_row.png"]:
+    for name in RUN_FILES + ["samples_per_coordinate.png", "samples_expost.png"]:
         assert os.path.isfile(os.path.join(stage1, name)), name
     s = summary(stage1)
     assert s["plan"] == "full" and s["latent"] == 3
@@ -44,7 +44,7 @@ def test_full_run_on_clusters_writes_everything(stage1):
     assert s["prior_fit"]["kind"] == "mixture" and s["prior_fit"]["components"] == 3
     c = s["clusters"]
     assert 0.9 < c["within_3std_data"] <= 1.0
-    assert set(c["within_3std_samples"]) == {"per-coordinate", "per-row"}
+    assert set(c["within_3std_samples"]) == {"per-coordinate", "per-row", "expost"}
     samples = np.load(os.path.join(stage1, "samples.npy"))
     assert samples.shape == (c["n_samples"], 2) and np.isfinite(samples).all()
     with open(os.path.join(stage1, "metrics.csv")) as f:
@@ -106,10 +106,11 @@ def test_each_configuration_trains(stage1, tmp_path, config):
 
 
 def test_default_digits_pipeline_outputs(tmp_path):
-    """The default dataset and model (X-VAE full on digits), cut short, writes every output."""
+    """The default dataset and model (X-VAE with the library defaults on digits), cut short, writes
+    every output."""
     run = str(tmp_path / "digits")
     assert train(*TINY_DIGITS, "--epochs-ae", "3", "--out", run) == 0
-    for name in RUN_FILES + ["samples_per_row.png"]:
+    for name in RUN_FILES + ["samples_per_coordinate.png", "samples_expost.png"]:
         assert os.path.isfile(os.path.join(run, name)), name
     for png in ("curves.png", "reconstructions.png", "samples.png", "alpha_sweep.png"):
         with Image.open(os.path.join(run, png)) as im:
@@ -121,7 +122,9 @@ def test_default_digits_pipeline_outputs(tmp_path):
     ae_rows = [r for r in ck["history"] if r["stage"] == "ae"]
     assert ae_rows[-1]["train_recon"] < ae_rows[0]["train_recon"]  # stage 1 learns
     s = summary(run)
-    assert s["dataset"] == "digits" and s["model"] == "xvae" and s["plan"] == "full"
+    assert s["dataset"] == "digits" and s["model"] == "xvae" and s["plan"] == "matched"
+    assert (s["kl_objective"], s["stage2_init"], s["routing"], s["likelihood"]) == (
+        "tight", "ae", "per-row", "bernoulli")
     assert set(s["ae"]) == {"train_recon", "test_recon"}
 
 

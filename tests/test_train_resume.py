@@ -142,7 +142,7 @@ def test_mismatched_checkpoint_weights_are_a_clear_error(reference_runs, tmp_pat
     ref, _ = reference_runs["full"]
     ck = load_ck(ref)
     ck["stage"], ck["step"] = "vae", 15
-    ck["models"]["vae"] = {k: v for k, v in ck["models"]["vae"].items() if "logits_head" not in k}
+    ck["models"]["vae"] = {k: v for k, v in ck["models"]["vae"].items() if "mu_head" not in k}
     run = tmp_path / "run"
     run.mkdir()
     torch.save(ck, str(run / "checkpoint.pt"))

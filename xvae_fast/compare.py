@@ -1,26 +1,34 @@
-"""`python -m xvae_fast.compare --data digits|clusters [--seed 42] [--epochs N] [--out DIR]`: train every
-baseline of the paper and every X-VAE configuration on one dataset with one seed, and tabulate them.
+"""`python -m xvae_fast.compare --data digits|clusters [--seed 42] [--epochs N] [--evaluate] [--out DIR]`:
+train every baseline of the paper and every X-VAE configuration on one dataset with one seed, and
+tabulate them.
 
 Rows (the paper's Table 9 order): the standard VAE, VampPrior, hierarchical, MoG-prior and GM-VAE
 baselines, then X-VAE single-Gaussian and the routed-transport configurations (interleaved, the four
-(K-1)+1 routings, transport K, 2K/3 and K/3). Every run uses the same trainer, data, split, latent size,
-seed, batch size, learning rate and stage-2 epoch budget; the X-VAE runs share one stage-1
-autoencoder (trained by the first X-VAE run, reused by the others with --stage1-from).
+(K-1)+1 routings, transport K, 2K/3 and K/3, and `matched`, the library's default plan), then the
+ex-post reference (the X-VAE stage-1 autoencoder decoding samples of its fitted prior, no stage 2),
+the row every two-stage model must beat. Every run uses the same trainer, data, split, latent size,
+likelihood, seed, batch size, learning rate and stage-2 epoch budget; the X-VAE rows use the library's
+stage-2 defaults (or --preset paper, passed through) and share one stage-1 autoencoder (trained by the
+first X-VAE run, reused by the others with --stage1-from).
 
 Writes in --out (one run folder per row, plus):
-  comparison.md    final-epoch train / test objective, test reconstruction and test KL (paper Tables
-                   1 and 9) and trainable parameters, total and prior (paper Table 4)
+  comparison.md    Table 1/9: final-epoch train / test objective, test reconstruction and test KL, in
+                   the likelihood's units; Table 4: trainable parameters, total and prior; with
+                   --evaluate, Table 2: Rec, the Fréchet distance of samples and of reconstructions
+                   (offline FD-LeNet / FD-MLP; Inception FID and IS with --inception-weights),
+                   precision / recall, and for the clusters the in-mode fraction and per-mode shares
   comparison.csv   the same, with the train terms, the KL parts, steps, seconds and run folders
   comparison.json  the rows as a list of objects
 Finished runs already in --out are reused, unfinished ones resumed, so an interrupted comparison
 continues where it stopped; a run folder trained with other options is an error (pass --overwrite to
 retrain everything, or choose another --out). Options this command does not know are passed to
-`python -m xvae_fast.train` for every run (e.g. --latent 8, --device cuda, --batch-size 64).
+`python -m xvae_fast.train` for every run (e.g. --latent 8, --likelihood mse, --preset paper).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -28,7 +36,6 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from .config import RUNTIME_KEYS, TrainConfig, resolve
 from .errors import ConfigError, NonFiniteLossError, XVAEError
 
 # (key, model, plan, row name as in the paper's tables)
@@ -47,17 +54,21 @@ ENTRIES = [
     ("full", "xvae", "full", "X-VAE transport K (full)"),
     ("split-2/3", "xvae", "split-2/3", "X-VAE transport 2K/3 (split-2/3)"),
     ("split-1/3", "xvae", "split-1/3", "X-VAE transport K/3 (split-1/3)"),
+    ("matched", "xvae", "matched", "X-VAE matched (library default)"),
+    ("expost", "expost", None, "Ex-post reference (X-VAE stage 1 + fitted prior)"),
 ]
 KEYS = [e[0] for e in ENTRIES]
 BASELINE_KEYS = KEYS[:5]
+XVAE_KEYS = [e[0] for e in ENTRIES if e[1] == "xvae"]
 # --quick: a few steps per run, no figures (tests, smoke checks)
 QUICK = ["--limit", "240", "--batch-size", "64", "--epochs-ae", "1", "--epochs-vae", "1",
          "--em-n-init", "1", "--no-outputs"]
+EVAL_COLUMNS = ["rec", "fd_name", "fd_samples", "fd_recon", "precision", "recall", "fid_samples",
+                "fid_recon", "is_mean", "is_std", "in_modes", "mode_shares"]
 CSV_COLUMNS = ["key", "model", "plan", "name", "status", "train_objective", "test_objective",
                "test_recon", "test_kl", "train_recon", "train_kl", "test_kl_cat", "test_kl_gauss",
-               "params_total", "params_prior", "stage1_params", "steps", "seconds", "run"]
-# options that may differ between a reused run and this comparison
-IGNORED_ON_REUSE = set(RUNTIME_KEYS) | {"stage1_from"}
+               "likelihood", "units", "params_total", "params_prior", "stage1_params", "steps",
+               "seconds"] + EVAL_COLUMNS + ["run"]
 
 
 def _run_dir(out: str, key: str) -> str:
@@ -79,29 +90,6 @@ def _argv(data: str, seed: int, key: str, epochs: Optional[int], epochs_ae: Opti
     return argv + list(extra)
 
 
-def _read_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _status_of(run_dir: str, intended: TrainConfig) -> str:
-    """'new', 'done' (reuse), or 'resume'; raises if the folder holds a run with other options."""
-    from .training import checkpoint as ckpt
-    if not os.path.exists(os.path.join(run_dir, ckpt.CHECKPOINT)):
-        return "new"
-    ck = ckpt.load_checkpoint(run_dir)
-    saved = TrainConfig.from_saved(ck["config"])
-    diffs = [f"{k} (run: {getattr(saved, k)!r}, comparison: {getattr(intended, k)!r})"
-             for k in TrainConfig.field_names()
-             if k not in IGNORED_ON_REUSE and getattr(saved, k) != getattr(intended, k)]
-    if diffs:
-        raise ConfigError(f"{run_dir!r} holds a run trained with other options: {'; '.join(diffs)}. "
-                          "Pass --overwrite to retrain, or choose another --out")
-    if ck["stage"] == "done" and os.path.isfile(os.path.join(run_dir, "summary.json")):
-        return "done"
-    return "resume"
-
-
 def _row(key: str, summary: Optional[Dict[str, Any]], run_dir: str, status: str) -> Dict[str, Any]:
     _, model, plan, name = ENTRIES[KEYS.index(key)]
     row: Dict[str, Any] = {"key": key, "model": model, "plan": plan or "", "name": name,
@@ -115,6 +103,7 @@ def _row(key: str, summary: Optional[Dict[str, Any]], run_dir: str, status: str)
         "test_recon": te.get("recon"), "test_kl": te.get("kl"),
         "train_recon": tr.get("recon"), "train_kl": tr.get("kl"),
         "test_kl_cat": te.get("kl_cat"), "test_kl_gauss": te.get("kl_gauss"),
+        "likelihood": summary.get("likelihood"), "units": summary.get("objective_units"),
         "params_total": params.get("total"), "params_prior": params.get("prior"),
         "stage1_params": summary.get("stage1_params"), "steps": summary.get("steps"),
         "seconds": summary.get("seconds"),
@@ -122,62 +111,128 @@ def _row(key: str, summary: Optional[Dict[str, Any]], run_dir: str, status: str)
     return row
 
 
+def _expost_row(stage1_run: str, summary: Dict[str, Any]) -> Dict[str, Any]:
+    """The ex-post reference: the stage-1 autoencoder of the X-VAE rows with the fitted prior. It has
+    no ELBO (Table 1 stays empty); its parameters are the autoencoder's."""
+    row = _row("expost", None, stage1_run, "from stage 1")
+    n = summary.get("stage1_params")
+    row.update({"likelihood": summary.get("likelihood"), "params_total": n, "params_prior": 0,
+                "stage1_params": n})
+    return row
+
+
+@dataclasses.dataclass
+class EvalSettings:
+    """What `--evaluate` computes per row (offline metrics; Inception FID / IS with weights)."""
+    inception_weights: Optional[str] = None
+    n_real: int = 1000
+    n_fake: int = 2000
+    classifier_steps: Optional[int] = None
+    device: str = "auto"
+
+
+def _evaluate(row: Dict[str, Any], settings: EvalSettings, verbose: bool) -> None:
+    """Table 2's metrics of one row, computed by `evaluate` (cached next to the run)."""
+    from .evaluation.protocol import Protocol
+    from .evaluation.runner import EvalOptions, evaluate_run
+    from .training import checkpoint as ckpt
+    from .training.metrics import write_json
+    from .training.runs import read_json
+    model = "expost" if row["key"] == "expost" else "vae"
+    run_dir = row["run"]
+    proto = Protocol(n_real=settings.n_real, n_fake=settings.n_fake)
+    opts = EvalOptions(alphas=[], figures=False, progress=False, model=model, protocol=proto,
+                       inception_weights=settings.inception_weights, download=False,
+                       classifier_steps=settings.classifier_steps, device=settings.device)
+    key = {"model": model, "protocol": proto.to_dict(), "inception": settings.inception_weights,
+           "classifier_steps": settings.classifier_steps}
+    path = os.path.join(run_dir, f"compare_eval_{model}.json")
+    report = None
+    if os.path.isfile(path) and os.path.getmtime(path) >= os.path.getmtime(
+            os.path.join(run_dir, ckpt.CHECKPOINT)):
+        cached = read_json(path)
+        if cached.get("key") == key:
+            report = cached["report"]
+    if report is None:
+        if verbose:
+            print(f"[compare] evaluating {row['key']}", file=sys.stderr, flush=True)
+        report = evaluate_run(run_dir, opts)
+        report.pop("_grids", None)
+        report.pop("_reference", None)
+        write_json({"key": key, "report": report}, path)
+    m = report["metrics"]
+    if "rec" in m:
+        row["rec"] = m["rec"]["value"]
+    for fd in ("fd_lenet", "fd_mlp", "fd_data"):
+        if fd in m:
+            row.update(fd_name=fd, fd_samples=m[fd]["samples"]["value"], fd_recon=m[fd]["recon"]["value"])
+    for pr in ("pr_lenet", "pr_mlp", "pr_data"):
+        if pr in m:
+            row.update(precision=m[pr]["precision"], recall=m[pr]["recall"])
+    if "fid" in m:
+        row.update(fid_samples=m["fid"]["samples"]["value"], fid_recon=m["fid"]["recon"]["value"])
+    if "is" in m:
+        row.update(is_mean=m["is"]["mean"], is_std=m["is"]["std"])
+    if "modes" in m:
+        row.update(in_modes=m["modes"]["within_3std"], mode_shares=m["modes"]["shares"])
+    row["eval_routing"] = report["protocol"]["routing"] if report.get("routing_applies") else None
+    row["eval_n_fake"] = proto.n_fake
+
+
 def run_comparison(data: str = "digits", seed: int = 42, out: Optional[str] = None,
                    models: Optional[Sequence[str]] = None, epochs: Optional[int] = None,
                    epochs_ae: Optional[int] = None, quick: bool = False, extra: Sequence[str] = (),
-                   overwrite: bool = False, verbose: bool = True) -> List[Dict[str, Any]]:
-    """Train (or reuse) every selected model and return the table's rows; also writes
-    comparison.md / .csv / .json in `out`."""
+                   overwrite: bool = False, verbose: bool = True,
+                   evaluate: Optional[EvalSettings] = None) -> List[Dict[str, Any]]:
+    """Train (or reuse) every selected model, evaluate it when `evaluate` is given, and return the
+    table's rows; also writes comparison.md / .csv / .json in `out`."""
     from .train import parse_config
-    from .training import train
+    from .training.runs import train_or_reuse
     keys = list(KEYS if models is None else models)
     unknown = [k for k in keys if k not in KEYS]
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(map(repr, unknown))} for the comparison; choose "
                           f"from {', '.join(KEYS)}")
     keys = [k for k in KEYS if k in keys]  # the paper's row order
+    if "expost" in keys and not any(k in XVAE_KEYS for k in keys):
+        raise ConfigError("the ex-post reference row comes from the X-VAE rows' stage-1 autoencoder; "
+                          "select at least one X-VAE row (e.g. --models matched,expost)")
     out = out or os.path.join("runs", f"compare-{data.split(':')[0]}-seed{seed}")
     os.makedirs(out, exist_ok=True)
     rows: List[Dict[str, Any]] = []
     stage1: Optional[str] = None
+    stage1_summary: Optional[Dict[str, Any]] = None
     for key in keys:
-        run_dir = _run_dir(out, key)
-        argv = _argv(data, seed, key, epochs, epochs_ae, quick, extra, run_dir)
-        is_xvae = ENTRIES[KEYS.index(key)][1] == "xvae"
-        if is_xvae and stage1 is not None:
-            argv += ["--stage1-from", stage1]
-        cfg, explicit = parse_config(argv)
-        intended = resolve(cfg)
-        status = "new" if overwrite else _status_of(run_dir, intended)
-        if verbose:
-            print(f"[compare] {key}: {'reusing the finished run' if status == 'done' else status} "
-                  f"({run_dir})", file=sys.stderr, flush=True)
-        t0 = time.time()
-        try:
-            if status == "new":
-                result = train(cfg.replace(overwrite=True), explicit=explicit | {"overwrite"},
-                               verbose=verbose)
-                summary = result.summary
-            elif status == "resume":
-                result = train(TrainConfig(resume=run_dir, progress=False),
-                               explicit={"resume", "progress"}, verbose=verbose)
-                summary = result.summary
-            else:
-                summary = _read_json(os.path.join(run_dir, "summary.json"))
-        except NonFiniteLossError as exc:
+        if key == "expost":
+            if stage1 is None:     # every X-VAE row failed
+                rows.append(_row(key, None, "", "no stage 1"))
+                continue
+            row = _expost_row(stage1, stage1_summary)
+        else:
+            run_dir = _run_dir(out, key)
+            argv = _argv(data, seed, key, epochs, epochs_ae, quick, extra, run_dir)
+            is_xvae = key in XVAE_KEYS
+            if is_xvae and stage1 is not None:
+                argv += ["--stage1-from", stage1]
+            cfg, explicit = parse_config(argv)
+            t0 = time.time()
+            try:
+                summary, status, _ = train_or_reuse(cfg, explicit, overwrite=overwrite, verbose=verbose)
+            except NonFiniteLossError as exc:
+                if verbose:
+                    print(f"[compare] {key} failed: {exc}", file=sys.stderr, flush=True)
+                rows.append(_row(key, None, run_dir, f"failed: {str(exc).split(';')[0]}"))
+                _write_tables(rows, out, data, seed)
+                continue
+            if is_xvae and stage1 is None:
+                stage1, stage1_summary = run_dir, summary
+            row = _row(key, summary, run_dir, "reused" if status == "done" else "trained")
             if verbose:
-                print(f"[compare] {key} failed: {exc}", file=sys.stderr, flush=True)
-            rows.append(_row(key, None, run_dir, f"failed: {str(exc).split(';')[0]}"))
-            _write_tables(rows, out, data, seed)
-            continue
-        if summary is None:
-            summary = _read_json(os.path.join(run_dir, "summary.json"))
-        if is_xvae and stage1 is None:
-            stage1 = run_dir
-        rows.append(_row(key, summary, run_dir, "reused" if status == "done" else "trained"))
-        if verbose:
-            print(f"[compare] {key}: test objective {summary['test']['loss']:.4g} "
-                  f"({time.time() - t0:.1f} s)", file=sys.stderr, flush=True)
+                print(f"[compare] {key}: {status}, test objective {summary['test']['loss']:.4g} "
+                      f"({time.time() - t0:.1f} s)", file=sys.stderr, flush=True)
+        if evaluate is not None:
+            _evaluate(row, evaluate, verbose)
+        rows.append(row)
         _write_tables(rows, out, data, seed)  # after every run, so a partial table is always there
     return rows
 
@@ -191,16 +246,22 @@ def _fmt(v) -> str:
 def to_markdown(rows: List[Dict[str, Any]], data: str, seed: int) -> str:
     done = [r for r in rows if r.get("test_objective") is not None]
     best = min((r["test_objective"] for r in done), default=None)
+    units = next((r.get("units") for r in done if r.get("units")), "the likelihood's units")
+    lik = next((r.get("likelihood") for r in done if r.get("likelihood")), None)
     lines = [f"# Baselines and X-VAE on {data} (seed {seed})", "",
-             "Final-epoch objective per example (reconstruction, the squared error summed over the "
-             "example, plus KL), as in the paper's Tables 1 and 9: train and test objective, and the "
-             "test reconstruction and KL terms; lowest test objective in bold. Trainable parameters of "
-             "the generative model, total and prior, as in the paper's Table 4.", "",
+             "Final-epoch objective per example (reconstruction, the negative log-likelihood of "
+             f"`--likelihood {lik}` summed over the example, plus KL; in {units}), as in the paper's "
+             "Tables 1 and 9: train and test objective, and the test reconstruction and KL terms; lowest "
+             "test objective in bold. Trainable parameters of the generative model, total and prior, as "
+             "in the paper's Table 4.", "",
              "| Model | train | test | recon | KL | params total | params prior |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("test_objective") is None:
-            lines.append(f"| {r['name']} | {r['status']} | | | | | |")
+            if r["key"] == "expost" and r.get("params_total") is not None:
+                lines.append(f"| {r['name']} | | | | | {r['params_total']} | 0 |")
+            else:
+                lines.append(f"| {r['name']} | {r['status']} | | | | | |")
             continue
         test = _fmt(r["test_objective"])
         if best is not None and r["test_objective"] == best:
@@ -209,15 +270,65 @@ def to_markdown(rows: List[Dict[str, Any]], data: str, seed: int) -> str:
                      f"{_fmt(r['test_kl'])} | {r['params_total']} | {r['params_prior']} |")
     stage1 = next((r["stage1_params"] for r in rows if r.get("stage1_params")), None)
     lines += ["",
-              "KL: the X-VAE routed-transport rows add the categorical and per-component Gaussian terms "
-              "(paper Eq. 18); VampPrior, MoG and GM-VAE (Gaussian part) report the Monte Carlo "
-              "estimate log q(z|x) - log p(z), which can be negative. Prior parameters: VampPrior "
+              "KL: the X-VAE mixture rows give their --kl objective (tight by default: Lemma 1 at the "
+              "optimal per-row weights; paper: Eq. 18's categorical plus per-component Gaussian terms); "
+              "VampPrior, MoG and GM-VAE (Gaussian part) report the Monte Carlo estimate "
+              "log q(z|x) - log p(z), which can be negative. Prior parameters: VampPrior "
               "pseudo-inputs, the MoG mixture, the hierarchical conditional prior network, the GM-VAE "
               "per-cluster prior heads; X-VAE's fitted prior is a frozen buffer (0)."]
     if stage1:
         lines.append(f"X-VAE also pretrains a stage-1 autoencoder ({stage1} parameters), shared by its "
-                     "rows and not counted, as in the paper's Table 4.")
+                     "rows and not counted, as in the paper's Table 4; the ex-post reference is that "
+                     "autoencoder alone.")
+    if any(r.get("rec") is not None for r in rows):
+        lines += ["", _table2(rows)]
     return "\n".join(lines) + "\n"
+
+
+def _table2(rows: List[Dict[str, Any]]) -> str:
+    """The paper's Table 2 (Rec, sample quality) with our offline metrics beside it."""
+    ev = [r for r in rows if r.get("rec") is not None]
+    fd = next((r["fd_name"] for r in ev if r.get("fd_name")), None)
+    label = {"fd_lenet": "FD-LeNet", "fd_mlp": "FD-MLP", "fd_data": "FD-data"}.get(fd, "FD")
+    cols = [("Rec↓", "rec", min), (f"{label} samples↓", "fd_samples", min),
+            (f"{label} recon↓", "fd_recon", min), ("precision↑", "precision", max),
+            ("recall↑", "recall", max)]
+    if any(r.get("fid_samples") is not None for r in ev):
+        cols += [("FID↓", "fid_samples", min), ("FID recon↓", "fid_recon", min), ("IS↑", "is_mean", max)]
+    if any(r.get("in_modes") is not None for r in ev):
+        cols += [("in modes↑", "in_modes", max)]
+    best = {}
+    for _, k, pick in cols:
+        vals = [r[k] for r in ev if r.get(k) is not None and math.isfinite(r[k])]
+        best[k] = pick(vals) if vals else None
+    head = "| Model | " + " | ".join(c for c, _, _ in cols)
+    shares = any(r.get("mode_shares") for r in ev)
+    lines = ["## Table 2: reconstruction and sample quality", "",
+             head + (" | per-mode shares |" if shares else " |"),
+             "|---|" + "---|" * (len(cols) + (1 if shares else 0))]
+    for r in ev:
+        cells = []
+        for _, k, _ in cols:
+            v = r.get(k)
+            cell = _fmt(v)
+            if k == "is_mean" and v is not None and r.get("is_std") is not None:
+                cell = f"{v:.3f}±{r['is_std']:.3f}"
+            cells.append(f"**{cell}**" if v is not None and v == best[k] else cell)
+        if shares:
+            cells.append("/".join(f"{v:.2f}" for v in r.get("mode_shares") or []))
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    routing = next((r["eval_routing"] for r in ev if r.get("eval_routing")), None)
+    n_fake = next((r["eval_n_fake"] for r in ev if r.get("eval_n_fake")), 2000)
+    lines += ["", "Rec: squared error summed per test example (the paper's Rec, whatever the "
+              f"likelihood). {label}: the Fréchet distance of {n_fake} samples (alpha 1) and of test "
+              "reconstructions to real test data in the features of a classifier trained on the "
+              "dataset's labels, offline (not Inception FID); precision / recall: k-NN manifolds (k = 3) "
+              "in the same features; best per column in bold."
+              + (f" X-VAE mixture rows generate with {routing} routing (their --routing)." if routing
+                 else "")
+              + (" In modes: fraction of samples within 3 std of a cluster mode; per-mode shares: each "
+                 "mode's share of the samples." if shares else "")]
+    return "\n".join(lines)
 
 
 def _write_tables(rows: List[Dict[str, Any]], out: str, data: str, seed: int) -> None:
@@ -233,7 +344,9 @@ def _write_tables(rows: List[Dict[str, Any]], out: str, data: str, seed: int) ->
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
+            w.writerow({k: ("" if r.get(k) is None else
+                            ("/".join(f"{v:.4f}" for v in r[k]) if isinstance(r.get(k), list) else r[k]))
+                        for k in CSV_COLUMNS})
     atomic(os.path.join(out, "comparison.csv"), write_csv)
     atomic(os.path.join(out, "comparison.json"),
            lambda f: json.dump({"data": data, "seed": seed, "rows": rows}, f, indent=2, default=float))
@@ -257,15 +370,34 @@ def build_parser() -> argparse.ArgumentParser:
                    "stage, no figures): a smoke test of the whole comparison")
     p.add_argument("--overwrite", action="store_true", help="retrain every run, even finished ones")
     p.add_argument("--quiet", action="store_true", help="less logging")
+    g = p.add_argument_group("evaluation (Table 2)")
+    g.add_argument("--evaluate", action="store_true", help="also evaluate every row (python -m "
+                   "xvae_fast.evaluate's metrics) and add the paper's Table 2")
+    g.add_argument("--inception-weights", metavar="PATH", default=None, help="with --evaluate: "
+                   "pytorch-fid's Inception weights, for FID and IS (images only)")
+    g.add_argument("--n-fake", type=int, default=2000, metavar="N", help="samples per row (default 2000)")
+    g.add_argument("--n-real", type=int, default=1000, metavar="N", help="real test examples (default "
+                   "1000; all when fewer)")
+    g.add_argument("--classifier-steps", type=int, default=None, metavar="N", help="training steps of "
+                   "the offline feature classifier (default: its recipe)")
+    g.add_argument("--eval-device", default="auto", metavar="DEV", help="device of the evaluation")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    settings = None
+    if args.evaluate:
+        settings = EvalSettings(args.inception_weights, args.n_real, args.n_fake, args.classifier_steps,
+                                args.eval_device)
+    elif args.inception_weights:
+        print("error: --inception-weights is for --evaluate", file=sys.stderr)
+        return 2
     try:
         rows = run_comparison(args.data, args.seed, args.out, models, args.epochs, args.epochs_ae,
-                              args.quick, extra, args.overwrite, verbose=not args.quiet)
+                              args.quick, extra, args.overwrite, verbose=not args.quiet,
+                              evaluate=settings)
     except XVAEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

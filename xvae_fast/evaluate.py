@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--routing", choices=["per-row", "per-coordinate"], default=d.routing,
                    help="mixture priors: one component per sample (per-row) or per coordinate (the "
                    "paper's Eq. 20); default: the run's --routing")
+    g.add_argument("--decoder-noise", action="store_true", help="generate x ~ p(x | z) (the "
+                   "likelihood's noise added to the decoded mean) instead of the mean")
     g.add_argument("--seed", type=int, metavar="N", default=d.seed, help="real-subset, generation and "
                    "reconstruction seed (default 0)")
     g.add_argument("--png-protocol", action="store_true", help="the paper's PNG round trip: images "
@@ -112,7 +114,8 @@ def options_from_args(args):
     from .evaluation.runner import EvalOptions
     proto = Protocol(n_real=args.n_real, n_fake=args.n_fake, real_split=args.real_split,
                      batch_size=args.batch_size, gen_batch_size=args.gen_batch_size,
-                     routing=args.routing, seed=args.seed, png=args.png_protocol,
+                     routing=args.routing, seed=args.seed, decoder_noise=args.decoder_noise,
+                     png=args.png_protocol,
                      inception_size=args.inception_size, fid_dims=args.fid_dims,
                      is_splits=args.is_splits, pr_k=args.pr_k)
     log = None if args.quiet else (lambda msg: print(f"[xvae_fast.evaluate] {msg}", flush=True))

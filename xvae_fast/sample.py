@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixture prior: one component per sample (per-row: exact sampling of the fitted "
                    "mixture) or one per coordinate (the paper's Eq. 20); default: the run's --routing")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--decoder-noise", action="store_true", help="draw x ~ p(x | z) (add the likelihood's "
+                   "noise to the decoded mean; e.g. the learned variance of --likelihood gaussian)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--nrow", type=int, default=8, help="images per row in a .png grid")
     p.add_argument("--out", required=True, metavar="FILE", help="output .npy or .png")
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def sample_run(run: str, n: int, alpha: float = 1.0, routing: Optional[str] = None, seed: int = 0,
-               device: str = "cpu"):
+               device: str = "cpu", decoder_noise: bool = False):
     """(samples in data units, DataInfo) from a run folder."""
     from .training import load_run
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -43,6 +45,8 @@ def sample_run(run: str, n: int, alpha: float = 1.0, routing: Optional[str] = No
     dev = next(vae.parameters()).device
     g = torch.Generator(device=dev).manual_seed(seed)
     x = vae.generate(n, alpha, routing, generator=g)
+    if decoder_noise:
+        x = vae.likelihood.draw(x, generator=g)
     return info.to_data_space(x), info
 
 
@@ -66,7 +70,8 @@ def write_samples(x: torch.Tensor, info, path: str, nrow: int = 8, title: str = 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        x, info = sample_run(args.run, args.n, args.alpha, args.routing, args.seed, args.device)
+        x, info = sample_run(args.run, args.n, args.alpha, args.routing, args.seed, args.device,
+                             args.decoder_noise)
         write_samples(x, info, args.out, args.nrow,
                       title=f"{args.n} samples, alpha={args.alpha:g}, {args.routing or 'run routing'}")
     except XVAEError as exc:

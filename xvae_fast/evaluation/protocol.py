@@ -24,6 +24,7 @@ class Protocol:
     gen_batch_size: int = 128      # generation / reconstruction batch
     routing: Optional[str] = None  # mixture priors: per-row or per-coordinate; None: the run's --routing
     seed: int = 0                  # real-subset choice, generation and reconstruction noise
+    decoder_noise: bool = False    # samples x ~ p(x | z) instead of the decoded mean
     png: bool = False              # the paper's PNG round trip (8-bit images read back as RGB)
     inception_size: int = 299      # Inception input side (299: the protocol; others: quick checks)
     fid_dims: int = 2048           # Inception features of the FID: 2048 (pool3, the protocol), or

@@ -128,13 +128,18 @@ MODELS = ("vae", "expost")
 
 
 @torch.no_grad()
-def generate(vae, n: int, alpha: float, routing: str, seed: int, batch: int, device) -> torch.Tensor:
+def generate(vae, n: int, alpha: float, routing: str, seed: int, batch: int, device,
+             decoder_noise: bool = False) -> torch.Tensor:
     """n samples (model space, CPU float32) in batches from one seeded generator, so every alpha sees
-    the same noise."""
+    the same noise; with decoder_noise, x ~ p(x | z) instead of its mean."""
+    from ..models.likelihood import decoder_likelihood
     g = torch.Generator(device=device).manual_seed(seed)
     out = []
     for s in range(0, n, batch):
-        out.append(_generate(vae, min(batch, n - s), alpha, routing, g).float().cpu())
+        x = _generate(vae, min(batch, n - s), alpha, routing, g)
+        if decoder_noise:
+            x = decoder_likelihood(vae).draw(x, generator=g)
+        out.append(x.float().cpu())
     return torch.cat(out)
 
 
@@ -385,7 +390,7 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
         t = time.time()
         for a in alphas:
             x = generate(vae, proto.n_fake, a, proto.routing, proto.seed + SAMPLE_SEED_OFFSET,
-                         proto.gen_batch_size, dev)
+                         proto.gen_batch_size, dev, proto.decoder_noise)
             if not torch.isfinite(x).all():
                 raise DataError(f"the model generated NaN or inf at alpha {a:g}")
             x = as_seen(x, f"samples_alpha_{a:g}")

@@ -62,19 +62,20 @@ def _run_dir(out: str, seed: int, setup: str) -> str:
     return os.path.join(out, f"seed{seed}", setup.replace("/", "of"))
 
 
-def _eval(run_dir: str, model: str, routing: Optional[str]) -> Dict[str, Any]:
-    """The offline metrics of one run (cached next to the run, keyed by model and routing)."""
+def _eval(run_dir: str, model: str, routing: Optional[str], noise: bool = False) -> Dict[str, Any]:
+    """The offline metrics of one run (cached next to the run, keyed by model, routing and whether
+    samples carry the decoder noise)."""
     from ..evaluation.protocol import Protocol
     from ..evaluation.runner import EvalOptions, evaluate_run
     from ..training import checkpoint as ckpt
     from ..training.runs import read_json
-    name = f"sweep_eval_{model}_{routing or 'run'}.json"
+    name = f"sweep_eval_{model}_{routing or 'run'}{'_noise' if noise else ''}.json"
     path = os.path.join(run_dir, name)
     ck_time = os.path.getmtime(os.path.join(run_dir, ckpt.CHECKPOINT))
     if os.path.isfile(path) and os.path.getmtime(path) >= ck_time:
         return read_json(path)
     opts = EvalOptions(alphas=[], figures=False, progress=False, model=model,
-                       protocol=Protocol(routing=routing))
+                       protocol=Protocol(routing=routing, decoder_noise=noise))
     report = evaluate_run(run_dir, opts)
     report.pop("_grids", None)
     report.pop("_reference", None)
@@ -148,6 +149,9 @@ def run_sweep(data: str, out: str, seeds: Sequence[int], setups: Sequence[str],
                 m = _metrics_of(_eval(run_dir, "vae", routing))
                 key = routing or "per-row"
                 rec.setdefault("routings", {})[key] = m
+            if data == "clusters":     # the model's p(x): per-row samples with the decoder noise
+                rec["routings"]["noise"] = _metrics_of(_eval(run_dir, "vae", "per-row" if mixture else None,
+                                                             noise=True))
             if resolved.model == "xvae":
                 rec["stage1"] = stage1[group]
                 if stage1[group] == run_dir:    # one ex-post reference per stage 1
@@ -183,7 +187,7 @@ def aggregate(records: Dict[str, Any], setups: Sequence[str]) -> List[Dict[str, 
                                "likelihood": recs[0]["likelihood"], "units": recs[0]["units"]}
         for k in ("test_objective", "test_recon", "test_kl", "test_kl_cat"):
             row[k] = [r[k] for r in recs]
-        for routing in ROUTINGS:
+        for routing in ROUTINGS + ("noise",):
             ms = [r["routings"].get(routing) for r in recs]
             if all(m is not None for m in ms):
                 row[routing] = {k: [m.get(k) for m in ms] for k in ms[0]}
@@ -203,7 +207,8 @@ def to_markdown(rows: List[Dict[str, Any]], data: str, setups_table) -> str:
     head = ["setup", "test objective", "Rec", "KL", "sample FD (per-row)", "sample FD (per-coord)",
             "recon FD", "precision", "recall"]
     if clusters:
-        head += ["in modes (per-row)", "in modes (per-coord)", "min mode share (per-row)"]
+        head += ["in modes (per-row)", "in modes (per-coord)", "min mode share (per-row)",
+                 "+ decoder noise: sample FD", "recall", "in modes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         pr, pc = r.get("per-row") or {}, r.get("per-coordinate") or {}
@@ -211,8 +216,10 @@ def to_markdown(rows: List[Dict[str, Any]], data: str, setups_table) -> str:
                  _ms(r.get("test_kl", [])), _ms(pr.get("fd_samples", [])), _ms(pc.get("fd_samples", [])),
                  _ms(pr.get("fd_recon", [])), _ms(pr.get("precision", [])), _ms(pr.get("recall", []))]
         if clusters:
+            pn = r.get("noise") or {}
             cells += [_ms(pr.get("in_modes", [])), _ms(pc.get("in_modes", [])),
-                      _ms(pr.get("min_mode_share", []))]
+                      _ms(pr.get("min_mode_share", [])), _ms(pn.get("fd_samples", [])),
+                      _ms(pn.get("recall", [])), _ms(pn.get("in_modes", []))]
         lines.append("| " + " | ".join(cells) + " |")
     fd = "FD-LeNet" if data == "digits" else "FD-MLP"
     seeds = sorted({s for r in rows for s in r["seeds"]})
@@ -226,7 +233,9 @@ def to_markdown(rows: List[Dict[str, Any]], data: str, setups_table) -> str:
     if clusters:
         notes.append("In modes: the fraction of 2000 decoded samples within 3 standard deviations of a "
                      "mode; min mode share: the smallest of the three modes' shares of the samples "
-                     "(1/3 when balanced).")
+                     "(1/3 when balanced). + decoder noise: per-row samples drawn from p(x | z) (the "
+                     "likelihood's noise added to the decoded mean: variance gamma for gaussian, 1/2 for "
+                     "mse), i.e. the model's own density rather than its decoded means.")
     notes.append("Ex-post rows: the stage-1 autoencoder of the X-VAE runs of that likelihood decoding "
                  "per-row samples of the prior fitted on its latents (no stage 2).")
     notes += ["", "Setups:", ""] + [f"- `{n}`: {d} (`{' '.join(f) or 'no flags'}`)"

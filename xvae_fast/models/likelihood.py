@@ -15,7 +15,9 @@ entries, averaged over the batch):
   keeps gamma >= gamma_min (the gradient of log g stops while it binds; `floor_binds()` tells).
 
 For `mse` and `gaussian` the mean is sigmoid(h) on images (pixels in [0, 1]) and h itself on vectors;
-for `bernoulli` it is always sigmoid(h).
+for `bernoulli` it is always sigmoid(h). Generation decodes to the mean; `draw(mean)` adds the decoder
+noise (x ~ p(x | z): Bernoulli draws, or the Gaussian's noise, variance gamma, or 1/2 for `mse`), which
+matters where the model explains spread by that noise (the clusters, docs/choosing-defaults.md).
 """
 from __future__ import annotations
 
@@ -58,6 +60,11 @@ class Likelihood(nn.Module):
         """Scalars worth logging per epoch (the learned variance)."""
         return {}
 
+    def draw(self, mean: torch.Tensor, generator=None) -> torch.Tensor:
+        """x ~ p(x | z) given the decoded mean: the decoder noise that generation usually leaves out
+        (`--decoder-noise`)."""
+        raise NotImplementedError
+
 
 def _acc(h: torch.Tensor, x: torch.Tensor):
     dt = torch.float64 if torch.float64 in (h.dtype, x.dtype) else torch.float32
@@ -71,9 +78,20 @@ class SquaredError(Likelihood):
         h, x = _acc(h, x)
         return (self.mean(h) - x).pow(2).flatten(1).sum(1)
 
+    def draw(self, mean, generator=None):
+        # the summed squared error is the Gaussian log-density with variance 1/2, up to a constant
+        return mean + math.sqrt(0.5) * _normal_like(mean, generator)
+
+
+def _normal_like(mean: torch.Tensor, generator) -> torch.Tensor:
+    return torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
+
 
 class Bernoulli(Likelihood):
     name = "bernoulli"
+
+    def draw(self, mean, generator=None):
+        return torch.bernoulli(mean.clamp(0, 1), generator=generator)
 
     def mean(self, h):
         return torch.sigmoid(h)
@@ -105,6 +123,9 @@ class LearnedGaussian(Likelihood):
         d = sq.shape[1]
         return sq.sum(1) * (0.5 * torch.exp(-2 * lg)) + d * (lg + 0.5 * LOG_2PI)
 
+    def draw(self, mean, generator=None):
+        return mean + torch.exp(self.log_std().detach()).to(mean.dtype) * _normal_like(mean, generator)
+
     @property
     def gamma(self) -> float:
         return float(torch.exp(2 * self.log_std()).detach())
@@ -133,3 +154,13 @@ def check_bernoulli_data(x: torch.Tensor, what: str = "the training data") -> Op
         return (f"--likelihood bernoulli needs data in [0, 1], but {what} spans [{lo:.4g}, {hi:.4g}]; "
                 "use --likelihood mse or gaussian (or rescale the data)")
     return None
+
+
+def decoder_likelihood(model) -> Likelihood:
+    """The likelihood p(x | z) of a trained model (the stage-1 autoencoder's for the ex-post reference)."""
+    lik = getattr(model, "likelihood", None)
+    if lik is None and hasattr(model, "ae"):
+        lik = model.ae.likelihood
+    if lik is None:
+        raise ValueError(f"{type(model).__name__} has no decoder likelihood")
+    return lik

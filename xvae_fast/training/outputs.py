@@ -115,6 +115,13 @@ def write_outputs(tr) -> Dict[str, Any]:
             save_scatter([data_np, samples[key].numpy()], ["data (test)", "samples"],
                          os.path.join(out, name), _title(key, cfg.alpha))
             files[f"samples_{key}"] = name
+        # the model's density: the same latents' decoded means with the likelihood's noise added
+        g = _generator(dev, seed + 1)
+        mean = vae.generate(samples[primary].shape[0], cfg.alpha, primary, generator=g)
+        noisy = info.to_data_space(vae.likelihood.draw(mean, generator=g)).numpy()
+        save_scatter([data_np, noisy], ["data (test)", "samples"],
+                     os.path.join(out, "samples_decoder_noise.png"), f"x ~ p(x | z) (with decoder noise), alpha={cfg.alpha:g}, {primary}")
+        files["samples_decoder_noise"] = "samples_decoder_noise.png"
         sweep = []
         for a in cfg.alphas:
             g = _generator(dev, seed + 2)
@@ -131,6 +138,7 @@ def write_outputs(tr) -> Dict[str, Any]:
                 "recon_mse_data_units": float(((info.to_data_space(xv) - info.to_data_space(x)) ** 2)
                                               .sum(1).mean()),
                 "n_samples": int(samples[primary].shape[0]), "routing": primary,
+                "within_3std_samples_decoder_noise": mode_fraction(noisy, c, s),
             }
     files["reconstructions"] = "reconstructions.png"
     files["alpha_sweep"] = "alpha_sweep.png"
