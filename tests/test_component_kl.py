@@ -469,3 +469,24 @@ def test_bad_inputs_raw_ops():
         mbb(g[0], g[0], g, mu, lv, logw, M, S, None, kl, "tight", 1)
     with pytest.raises(RuntimeError, match="kind 'mixture' needs logits"):
         mbb(g, g, g, mu, lv, logw, M, S, None, kl, "mixture", 0)
+
+
+def test_bench_cases_run(tmp_path):
+    # bench/run.py times the new ops against the plain-PyTorch peers (and the expanded-square form).
+    import json
+    import pathlib
+    import subprocess
+    import sys
+    bench = pathlib.Path(__file__).resolve().parents[1] / "bench" / "run.py"
+    out = subprocess.run(
+        [sys.executable, str(bench), "--ops", "component_kl", "mixture_bound:tight", "mixture_bound:mixture",
+         "--B", "16", "--K", "3", "--dtypes", "float32", "--repeats", "1", "--no-compile", "--no-e2e",
+         "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "full-cpu.json").read_text())["results"]
+    assert {(r["op"], r["pass_"]) for r in rows} == {
+        (op, p) for op in ("component_kl", "mixture_bound:tight", "mixture_bound:mixture")
+        for p in ("fwd", "fwd+bwd")}
+    assert all(r["fused_ms"] > 0 and r["eager_ms"] > 0 and r["gemm_eager_ms"] > 0 for r in rows)
+    md = (tmp_path / "full-cpu.md").read_text()
+    assert "| mixture_bound:tight | float32 | 16 | 3 | fwd+bwd |" in md and "Expanded-square" in md

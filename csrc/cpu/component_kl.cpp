@@ -49,12 +49,13 @@ struct KlTables {
     std::vector<acc_t> h(C * K);
     for (int64_t e = 0; e < C * K; ++e) h[e] = ckl_half_precision(sp[e]);
     if (forward) {
-      auto log_s = s.to(at::kDouble).log();
-      const double* lp = log_s.data_ptr<double>();
+      // log S in the accumulation type (vectorised), summed per component in double.
+      std::vector<acc_t> log_s(C * K);
+      for_each_lane<acc_t>(C * K, [&](auto tag, int64_t e) { st(log_s.data() + e, xlog(ld(sp + e, tag))); });
       kc.resize(C);
       for (int64_t c = 0; c < C; ++c) {
         double acc = 0;
-        for (int64_t k = 0; k < K; ++k) acc += lp[c * K + k];
+        for (int64_t k = 0; k < K; ++k) acc += static_cast<double>(log_s[c * K + k]);
         kc[c] = ckl_component_const(acc, K);
       }
       fm.assign(Cp * K, acc_t(0));
@@ -104,19 +105,30 @@ inline double load_posterior_row(const scalar_t* mu, const scalar_t* lv, int64_t
   return ckl_row_const((s[0] + s[1]) + (s[2] + s[3]));
 }
 
-// q[r][c] for R rows against one component block (V components): tm, th point at the block's
-// (K, V) tables. Each table load serves R rows.
-template <int R, typename acc_t>
+// q[r][c] for R rows against NB consecutive component blocks (V components each): tm, th point at
+// the first block's (K, V) tables, block b's at + b K V; out[r] at the row's first block. Each table
+// load serves R rows and each broadcast row value NB blocks.
+template <int R, int NB, typename acc_t>
 inline void quad_tile(const acc_t* const* mu, const acc_t* const* e, const acc_t* tm,
                       const acc_t* th, int64_t K, acc_t* const* out) {
   using V = Vec<acc_t>;
-  V q[R];
-  for (int r = 0; r < R; ++r) q[r] = V(acc_t(0));
+  constexpr int64_t VS = V::size();
+  V q[R][NB];
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < NB; ++b) q[r][b] = V(acc_t(0));
   for (int64_t j = 0; j < K; ++j) {
-    const V m = V::loadu(tm + j * V::size()), h = V::loadu(th + j * V::size());
-    for (int r = 0; r < R; ++r) q[r] = ckl_quad_step(V(mu[r][j]), V(e[r][j]), m, h, q[r]);
+    V m[NB], h[NB];
+    for (int b = 0; b < NB; ++b) {
+      m[b] = V::loadu(tm + (b * K + j) * VS);
+      h[b] = V::loadu(th + (b * K + j) * VS);
+    }
+    for (int r = 0; r < R; ++r) {
+      const V mu_r(mu[r][j]), e_r(e[r][j]);
+      for (int b = 0; b < NB; ++b) q[r][b] = ckl_quad_step(mu_r, e_r, m[b], h[b], q[r][b]);
+    }
   }
-  for (int r = 0; r < R; ++r) q[r].store(out[r]);
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < NB; ++b) q[r][b].store(out[r] + b * VS);
 }
 
 // Gradient accumulators for R rows over all C components at one coordinate block (V coordinates):
@@ -156,7 +168,8 @@ void kl_block(const KlTables<acc_t>& t, const acc_t* mu, const acc_t* e, const d
               acc_t* q, acc_t* D, int64_t ldd) {
   constexpr int64_t V = Vec<acc_t>::size();
   const int64_t K = t.K, C = t.C, Cp = t.Cp;
-  for (int64_t cb = 0; cb < Cp / V; ++cb) {
+  auto blocks = [&](auto NBB, int64_t cb) {
+    constexpr int NB = decltype(NBB)::value;
     const acc_t* tm = t.fm.data() + cb * K * V;
     const acc_t* th = t.fh.data() + cb * K * V;
     for_row_tiles(n, [&](auto RR, int64_t i) {
@@ -169,9 +182,13 @@ void kl_block(const KlTables<acc_t>& t, const acc_t* mu, const acc_t* e, const d
         er[r] = e + (i + r) * K;
         out[r] = q + (i + r) * Cp + cb * V;
       }
-      quad_tile<R, acc_t>(mr, er, tm, th, K, out);
+      quad_tile<R, NB, acc_t>(mr, er, tm, th, K, out);
     });
-  }
+  };
+  const int64_t nb = Cp / V;
+  int64_t cb = 0;
+  for (; cb + 2 <= nb; cb += 2) blocks(std::integral_constant<int, 2>(), cb);
+  for (; cb < nb; ++cb) blocks(std::integral_constant<int, 1>(), cb);
   for (int64_t r = 0; r < n; ++r) {
     const acc_t* qr = q + r * Cp;
     acc_t* Dr = D + r * ldd;
@@ -280,7 +297,7 @@ inline void parallel_row_blocks(int64_t B, int64_t C, int64_t K, F&& f) {
     const int64_t i0 = blk * kBlockRows;
     f(i0, std::min(kBlockRows, B - i0));
   };
-  if (B * std::max<int64_t>(1, C) * std::max<int64_t>(1, K) < (int64_t(1) << 16)) {
+  if (B * std::max<int64_t>(1, C) * std::max<int64_t>(1, K) < (int64_t(1) << 18)) {
     for (int64_t blk = 0; blk < nblk; ++blk) run(blk);
     return;
   }
