@@ -10,7 +10,11 @@ max_memory_allocated above the inputs; CPU: the peak of bytes allocated during o
 profiler's allocation events) and its effective bandwidth: the bytes the op must read and write,
 divided by its time, as a fraction of this device's copy bandwidth measured in the same run.
 mixture_log_prob:C times N = B points in d = K dimensions against C components, plus the
-(N, C, d) sizes of MIXTURE_CASES. torch.compile compiles once per (op, dtype, pass, K) with a dynamic batch size; its compile time is reported
+(N, C, d) sizes of MIXTURE_CASES. component_kl and mixture_bound:tight / :mixture (C = K components)
+are compared with the leanest plain-PyTorch formulation a user would write (the exact broadcast
+(B, C, K) form of D, then logsumexp or the softplus weights), eager and compiled, and also with the
+expanded-square form (two matrix products; fast, but it loses every digit in float32 far from the
+origin), reported in a second table. torch.compile compiles once per (op, dtype, pass, K) with a dynamic batch size; its compile time is reported
 separately and is not in the per-call figure. An end-to-end figure times a stage-2 training step
 with the fused ops vs the reference ops. Writes JSON and a Markdown table under --out.
 """
@@ -37,7 +41,8 @@ FULL_K = (3, 64, 256)
 QUICK_B = (1024, 4096)
 QUICK_K = (64, 256)
 ALL_OPS = ["mixture_kl", "gaussian_kl"] + [f"routed_transport:{p}" for p in xf.PRESETS] + \
-    ["sample_prior:per-coordinate", "sample_prior:per-row", "mixture_log_prob:100"]
+    ["sample_prior:per-coordinate", "sample_prior:per-row", "mixture_log_prob:100", "component_kl",
+     "mixture_bound:tight", "mixture_bound:mixture"]
 # mixture_log_prob:C runs the grid with N = B points in d = K dimensions against C components;
 # these (N, C, d) cases (the VampPrior / MoG-prior sizes) are timed whenever it is selected.
 MIXTURE_CASES = [(12800, 100, 32), (4096, 500, 64)]
@@ -180,7 +185,69 @@ def make_case(op: str, B: int, K: int, dtype: torch.dtype, device: torch.device)
         params = (C + 2 * C * K) * item
         return Case(op, B, K, dtype, xf.mixture_log_prob, R.mixture_log_prob, (z, lw, m, lv),
                     (0, 1, 2, 3), BK * item + params + B * item, 2 * BK * item + 3 * params + 2 * B * item)
+    if name in ("component_kl", "mixture_bound"):
+        return _component_kl_case(op, variant, B, K, dtype, device, prior, x)
     raise ValueError(f"unknown op {op!r}; choose from {ALL_OPS}")
+
+
+# ---- plain-PyTorch peers of component_kl / mixture_bound (C = K components) -------------------------
+def lean_component_kl(mu, logvar, M, S):
+    """D (B, C) as a user would write it: the exact broadcast (B, C, K) form."""
+    d = mu[:, None, :] - M[None]
+    return (torch.log(S)[None] - 0.5 * logvar[:, None, :]
+            + (torch.exp(logvar)[:, None, :] + d * d) / (2 * S * S)[None] - 0.5).sum(-1)
+
+
+def gemm_component_kl(mu, logvar, M, S):
+    """D (B, C) with the squares expanded into two matrix products (loses digits in float32 when
+    mu and M are far from the origin)."""
+    P = 1 / (S * S)
+    quad = (torch.exp(logvar) + mu * mu) @ P.t() - 2 * mu @ (M * P).t() + (M * M * P).sum(1)
+    return 0.5 * quad + torch.log(S).sum(1) - 0.5 * logvar.sum(1, keepdim=True) - 0.5 * M.shape[1]
+
+
+def _tight_from(D, logw):
+    return -torch.logsumexp(logw - D, dim=1).mean()
+
+
+def _mixture_from(D, logits, logw):
+    sp = torch.nn.functional.softplus(logits)
+    r = sp / sp.sum(1, keepdim=True)
+    return (r * (torch.log(r) - logw) + r * D).sum(1).mean()
+
+
+def _component_kl_case(op, variant, B, K, dtype, device, prior, x) -> Case:
+    item = torch.tensor([], dtype=dtype).element_size()
+    C = prior.num_components
+    _, logw, M, S, _, _ = prior.tensors_for(dtype, device)
+    mu, lv = x(), x()
+    params = 2 * C * K * 4
+    if op == "component_kl":
+        fused = lambda mu, lv: xf.component_kl(mu, lv, prior)
+        lean = lambda mu, lv: lean_component_kl(mu.float(), lv.float(), M, S).to(dtype)
+        gemm = lambda mu, lv: gemm_component_kl(mu.float(), lv.float(), M, S).to(dtype)
+        # forward reads mu, logvar and the tables, writes D; backward reads dD, mu, logvar, writes two
+        return Case(op, B, K, dtype, fused, lean, (mu, lv), (0, 1), 2 * B * K * item + params + B * C * item,
+                    4 * B * K * item + 2 * params + 2 * B * C * item, extra={"peers": {"gemm": gemm}})
+    if variant == "tight":
+        fused = lambda mu, lv: xf.mixture_bound(mu, lv, prior, "tight")[0]
+        lean = lambda mu, lv: _tight_from(lean_component_kl(mu.float(), lv.float(), M, S), logw).to(dtype)
+        gemm = lambda mu, lv: _tight_from(gemm_component_kl(mu.float(), lv.float(), M, S), logw).to(dtype)
+        args, grads, rows = (mu, lv), (0, 1), 2 * B * K
+    elif variant == "mixture":
+        l = x()  # (B, C) logits, C = K
+        fused = lambda mu, lv, l: xf.mixture_bound(mu, lv, prior, "mixture", l)[0]
+        lean = lambda mu, lv, l: _mixture_from(lean_component_kl(mu.float(), lv.float(), M, S),
+                                               l.float(), logw).to(dtype)
+        gemm = lambda mu, lv, l: _mixture_from(gemm_component_kl(mu.float(), lv.float(), M, S),
+                                               l.float(), logw).to(dtype)
+        args, grads, rows = (mu, lv, l), (0, 1, 2), 2 * B * K + B * C
+    else:
+        raise ValueError(f"unknown op {op!r}; mixture_bound takes :tight or :mixture")
+    # forward reads the inputs and tables, writes the kept D (B, C, float32); backward reads the
+    # inputs and D again and writes a gradient per input
+    return Case(op, B, K, dtype, fused, lean, args, grads, rows * item + params + B * C * 4,
+                3 * rows * item + 2 * params + 2 * B * C * 4, extra={"peers": {"gemm": gemm}})
 
 
 def _runner(fn, case: Case, backward: bool):
@@ -225,6 +292,10 @@ def run(args) -> dict:
                 sizes = [sz for sz in sizes if sz[0] * C * sz[1] <= 1 << 28 and not args.quick]
                 if not args.no_mixture_cases:
                     sizes += [(N, d, f"mixture_log_prob:{C}") for N, C, d in MIXTURE_CASES]
+            if op.startswith(("component_kl", "mixture_bound")):
+                # The plain-PyTorch peer materialises (B, C, K) with C = K: past 2^28 elements (1 GiB
+                # per float32 intermediate) the grid point is left out.
+                sizes = [sz for sz in sizes if sz[0] * sz[1] * sz[1] <= 1 << 28]
             for B, K, case_op in sizes:
                 case = make_case(case_op, B, K, dtype, device)
                 for backward in ([False, True] if case.grads_of else [False]):
@@ -269,6 +340,18 @@ def measure(case: Case, backward: bool, device, bw, args, compiled, compile_seco
         compile_seconds.setdefault(name, first)
         t_comp = median_seconds(comp, device, args.repeats)
         row.update(compile_ms=t_comp * 1e3, speedup_vs_compile=t_comp / t_fused)
+    # Other formulations of the same op (reported, not targets), eager and compiled.
+    for pname, pfn in case.extra.get("peers", {}).items():
+        t_p = median_seconds(_runner(pfn, case, backward), device, max(3, args.repeats // 3))
+        row.update({f"{pname}_eager_ms": t_p * 1e3, f"speedup_vs_{pname}_eager": t_p / t_fused})
+        if not args.no_compile:
+            pkey = key + (pname,)
+            if pkey not in compiled:
+                compiled[pkey] = torch.compile(pfn, dynamic=True)
+            comp = _runner(compiled[pkey], case, backward)
+            comp()
+            t_pc = median_seconds(comp, device, args.repeats)
+            row.update({f"{pname}_compile_ms": t_pc * 1e3, f"speedup_vs_{pname}_compile": t_pc / t_fused})
     nbytes = case.bytes_fwdbwd if backward else case.bytes_fwd
     row.update(bytes_moved=nbytes, bandwidth_GBps=nbytes / t_fused / 1e9,
                bandwidth_fraction=nbytes / t_fused / bw,
@@ -340,6 +423,17 @@ def to_markdown(report: dict) -> str:
                     f"{r['speedup_vs_eager']:.2f}x | {comp} | {r['bandwidth_GBps']:.1f} GB/s "
                     f"({100 * r['bandwidth_fraction']:.0f}%) | {r['fused_peak_bytes'] / 2**20:.2f} / "
                     f"{r['eager_peak_bytes'] / 2**20:.2f} |")
+    peers = [r for r in report["results"] if "gemm_eager_ms" in r]
+    if peers:
+        head += ["", "Expanded-square (two matrix products) formulation of the same ops, eager and compiled "
+                 "(not a target: it loses every digit in float32 far from the origin):", "",
+                 "| op | dtype | B | K | pass | fused ms | gemm eager ms | vs gemm eager | gemm compile ms | vs gemm compile |",
+                 "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+        for r in peers:
+            gc = (f"{r['gemm_compile_ms']:.3f} | {r['speedup_vs_gemm_compile']:.2f}x"
+                  if "gemm_compile_ms" in r else "- | -")
+            head.append(f"| {r['op']} | {r['dtype']} | {r['B']} | {r['K']} | {r['pass_']} | {r['fused_ms']:.3f} | "
+                        f"{r['gemm_eager_ms']:.3f} | {r['speedup_vs_gemm_eager']:.2f}x | {gc} |")
     if report.get("end_to_end"):
         head += ["", "End to end, stage-2 X-VAE (plan `full`) training step, batch 128:", "",
                  "| setup | fused ms/step | reference ms/step | speedup |", "|---|---:|---:|---:|"]

@@ -2,8 +2,18 @@
 reference vs torch.compile of the reference (compile time excluded), all ratios from one run.
 
     python bench/targets.py [--B 4096] [--K 256] [--repeats 30]
+    python bench/targets.py --component-kl [--repeats 10]
+
+--component-kl: the targets of component_kl and mixture_bound (tight, mixture), forward+backward,
+float32, at (B, C = K) = (4096, 256) and (128, 64): the fused op vs the leanest plain-PyTorch
+formulation (the exact broadcast (B, C, K) form of D, then logsumexp or the softplus weights), eager
+(target 3x) and torch.compile of it (target 1.2x); also, not a target, vs the expanded-square form
+(two matrix products), eager and compiled, with its float32 error far from the origin.
 """
 import argparse
+import math
+import os
+import sys
 import time
 
 import torch
@@ -31,7 +41,12 @@ def main():
     ap.add_argument("--B", type=int, default=4096)
     ap.add_argument("--K", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--component-kl", action="store_true",
+                    help="the component_kl / mixture_bound targets instead (see above)")
     a = ap.parse_args()
+    if a.component_kl:
+        component_kl_targets(a.repeats if a.repeats != 30 else 10)
+        return
     B, K = a.B, a.K
     torch.manual_seed(0)
     w = torch.rand(K) + 0.1
@@ -75,6 +90,67 @@ def main():
           f"{t['rt_compile'] / t['rt_fused']:.2f}x compile (target 5x both); "
           f"fwd+bwd / randn = {t['rt_fused'] / t['randn']:.2f}, fwd / randn = "
           f"{t['rt_fused_fwd'] / t['randn']:.2f} (target <= 2)")
+
+
+def component_kl_targets(repeats):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from run import _mixture_from, _tight_from, gemm_component_kl, lean_component_kl
+
+    print(f"component_kl / mixture_bound, float32, forward+backward, threads={torch.get_num_threads()} "
+          f"(medians, ms; compile time excluded)")
+    for B, K in ((4096, 256), (128, 64)):
+        torch.manual_seed(0)
+        C = K
+        w = torch.rand(C) + 0.1
+        prior = xf.MixturePrior(w / w.sum(), torch.randn(C, K), torch.rand(C, K) + 0.5)
+        _, logw, M, S, _, _ = prior.tensors_for(torch.float32, "cpu")
+        mu, lv = ((torch.randn(B, K) * 0.5).requires_grad_() for _ in range(2))
+        l = torch.randn(B, C).requires_grad_()
+        gD = torch.randn(B, C)
+        forms = {
+            "mixture_bound:tight": (
+                (mu, lv), lambda mu, lv: xf.mixture_bound(mu, lv, prior, "tight")[0],
+                lambda f: (lambda mu, lv: _tight_from(f(mu, lv, M, S), logw))),
+            "mixture_bound:mixture": (
+                (mu, lv, l), lambda mu, lv, l: xf.mixture_bound(mu, lv, prior, "mixture", l)[0],
+                lambda f: (lambda mu, lv, l: _mixture_from(f(mu, lv, M, S), l, logw))),
+            "component_kl": (
+                (mu, lv), lambda mu, lv: (xf.component_kl(mu, lv, prior) * gD).sum(),
+                lambda f: (lambda mu, lv: (f(mu, lv, M, S) * gD).sum())),
+        }
+        eager_reps = 3 if B * C * K >= 1 << 26 else repeats
+        print(f"B={B} C=K={K}")
+        print(f"  {'op':22s} {'fused':>9s} {'eager':>10s} {'compile':>9s} {'gemm':>9s} {'gemm-c':>9s}"
+              f"   {'x eager':>8s} {'x comp':>7s} {'x gemm':>7s} {'x gemm-c':>8s}")
+        for name, (ins, fused, peer) in forms.items():
+            def step(fn):
+                return lambda: torch.autograd.grad(fn(*ins), ins)
+            lean, gemm = peer(lean_component_kl), peer(gemm_component_kl)
+            t = {"fused": median_time(step(fused), repeats)}
+            t["eager"] = median_time(step(lean), eager_reps, warmup=1 if eager_reps == 3 else 10)
+            t["compile"] = median_time(step(torch.compile(lean)), repeats)
+            t["gemm"] = median_time(step(gemm), repeats)
+            t["gemm_c"] = median_time(step(torch.compile(gemm)), repeats)
+            f = t["fused"]
+            print(f"  {name:22s} {f * 1e3:9.3f} {t['eager'] * 1e3:10.1f} {t['compile'] * 1e3:9.3f} "
+                  f"{t['gemm'] * 1e3:9.3f} {t['gemm_c'] * 1e3:9.3f}   {t['eager'] / f:7.2f}x "
+                  f"{t['compile'] / f:6.2f}x {t['gemm'] / f:6.2f}x {t['gemm_c'] / f:7.2f}x")
+    print("targets: >= 3x eager and >= 1.2x compile of the plain-PyTorch broadcast form")
+    # float32 far from the origin: means ~1000, stds 0.01, posteriors on their components.
+    g = torch.Generator().manual_seed(8)
+    C, K, B = 4, 8, 16
+    M64 = 1000.0 + torch.randn(C, K, generator=g, dtype=torch.float64) * 0.02
+    S64 = torch.full((C, K), 0.01, dtype=torch.float64)
+    mu = (M64[torch.arange(B) % C] + torch.randn(B, K, generator=g, dtype=torch.float64) * 0.01).float()
+    lv = torch.full((B, K), 2 * math.log(0.01))
+    prior = xf.MixturePrior(torch.full((C,), 1.0 / C), M64.float(), S64.float())
+    M, S = prior.means, prior.stds
+    want = lean_component_kl(mu.double(), lv.double(), M.double(), S.double())
+    err = {"fused": xf.component_kl(mu, lv, prior), "broadcast": lean_component_kl(mu, lv, M, S),
+           "gemm": gemm_component_kl(mu, lv, M, S)}
+    print(f"float32 far from the origin (|mu| ~ |M| ~ 1e3, S = 0.01, D in [{want.min():.2f}, "
+          f"{want.max():.2f}]): max |D - D_float64| " +
+          ", ".join(f"{k} {(v.double() - want).abs().max().item():.3g}" for k, v in err.items()))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
 
 #include <optional>
+#include <string>
 #include <utility>
 
 namespace xvae {
@@ -190,6 +192,93 @@ inline void check_mixture_log_prob_backward_args(const at::Tensor& grad,
     TORCH_CHECK(grad_resp->device() == z.device(), "xvae_fast: grad_resp is on ",
                 grad_resp->device(), ", expected ", z.device());
   }
+}
+
+// ---- component_kl / mixture_bound ------------------------------------------------------------------
+// mu, logvar (B, K); means, stds (C, K) with C >= 1 in the accumulation dtype of mu, on its device.
+inline void check_component_kl_args(const at::Tensor& mu, const at::Tensor& logvar,
+                                    const at::Tensor& means, const at::Tensor& stds) {
+  check_floating(mu, "mu");
+  TORCH_CHECK(mu.dim() == 2, "xvae_fast: mu must be 2-D (B, K), got shape ", mu.sizes());
+  check_batch(logvar, "logvar", mu);
+  TORCH_CHECK(means.dim() == 2 && means.size(0) >= 1 && means.size(1) == mu.size(1),
+              "xvae_fast: means must be (C, K) with C >= 1 and K = ", mu.size(1), ", got shape ",
+              means.sizes());
+  check_param(means, "means", means.sizes(), mu);
+  check_param(stds, "stds", means.sizes(), mu);
+}
+
+// The kind code of mixture_bound's `kind` ("tight" or "mixture").
+inline int bound_kind_code(c10::string_view kind) {
+  if (kind == "tight") return 0;
+  if (kind == "mixture") return 1;
+  TORCH_CHECK(false, "xvae_fast: kind must be 'tight' or 'mixture', got '", std::string(kind), "'");
+  return -1;
+}
+
+// log_weights (C,); logits (B, C) of mu's dtype and device for kind "mixture", absent for "tight".
+inline int check_mixture_bound_args(const at::Tensor& mu, const at::Tensor& logvar,
+                                    const at::Tensor& log_weights, const at::Tensor& means,
+                                    const at::Tensor& stds, const std::optional<at::Tensor>& logits,
+                                    c10::string_view kind, int64_t reduction) {
+  check_component_kl_args(mu, logvar, means, stds);
+  check_reduction(reduction);
+  const int64_t B = mu.size(0), C = means.size(0);
+  check_param(log_weights, "log_weights", {C}, mu);
+  const int code = bound_kind_code(kind);
+  if (code == 1) {
+    TORCH_CHECK(logits.has_value(), "xvae_fast: kind 'mixture' needs logits (B, C)");
+    TORCH_CHECK(logits->dim() == 2 && logits->size(0) == B && logits->size(1) == C,
+                "xvae_fast: logits must be (B, C) = (", B, ", ", C, "), got shape ", logits->sizes());
+    TORCH_CHECK(logits->scalar_type() == mu.scalar_type(), "xvae_fast: logits has dtype ",
+                logits->scalar_type(), ", expected ", mu.scalar_type());
+    TORCH_CHECK(logits->device() == mu.device(), "xvae_fast: logits is on ", logits->device(),
+                ", expected ", mu.device());
+  } else {
+    TORCH_CHECK(!logits.has_value(), "xvae_fast: kind 'tight' takes no logits (pass None)");
+  }
+  return code;
+}
+
+// The forward's kl (B, C) in the accumulation dtype, saved for the backward.
+inline void check_saved_kl(const at::Tensor& kl, int64_t B, int64_t C, const at::Tensor& ref) {
+  TORCH_CHECK(kl.dim() == 2 && kl.size(0) == B && kl.size(1) == C, "xvae_fast: kl must be (B, C) = (",
+              B, ", ", C, "), got shape ", kl.sizes());
+  check_param(kl, "kl", {B, C}, ref);
+}
+
+inline int check_mixture_bound_backward_args(
+    const at::Tensor& g_total, const at::Tensor& g_cat, const at::Tensor& g_gauss,
+    const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& log_weights,
+    const at::Tensor& means, const at::Tensor& stds, const std::optional<at::Tensor>& logits,
+    const at::Tensor& kl, c10::string_view kind, int64_t reduction) {
+  const int code =
+      check_mixture_bound_args(mu, logvar, log_weights, means, stds, logits, kind, reduction);
+  const int64_t B = mu.size(0);
+  check_grad(g_total, "grad_total", reduction, B);
+  check_grad(g_cat, "grad_categorical", reduction, B);
+  check_grad(g_gauss, "grad_gaussian", reduction, B);
+  const std::pair<const at::Tensor*, const char*> grads[] = {
+      {&g_total, "grad_total"}, {&g_cat, "grad_categorical"}, {&g_gauss, "grad_gaussian"}};
+  for (const auto& g : grads) {
+    check_floating(*g.first, g.second);
+    TORCH_CHECK(g.first->device() == mu.device(), "xvae_fast: ", g.second, " is on ",
+                g.first->device(), ", expected ", mu.device());
+  }
+  check_saved_kl(kl, B, means.size(0), mu);
+  return code;
+}
+
+inline void check_component_kl_backward_args(const at::Tensor& grad, const at::Tensor& mu,
+                                             const at::Tensor& logvar, const at::Tensor& means,
+                                             const at::Tensor& stds) {
+  check_component_kl_args(mu, logvar, means, stds);
+  const int64_t B = mu.size(0), C = means.size(0);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == B && grad.size(1) == C,
+              "xvae_fast: grad must be (B, C) = (", B, ", ", C, "), got shape ", grad.sizes());
+  check_floating(grad, "grad");
+  TORCH_CHECK(grad.device() == mu.device(), "xvae_fast: grad is on ", grad.device(), ", expected ",
+              mu.device());
 }
 
 }  // namespace xvae

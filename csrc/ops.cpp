@@ -43,4 +43,14 @@ TORCH_LIBRARY(xvae_fast, m) {
   m.def("mixture_log_prob_backward(Tensor grad, Tensor? grad_resp, Tensor z, Tensor log_weights, "
         "Tensor means, Tensor log_vars) -> (Tensor grad_z, Tensor grad_log_weights, "
         "Tensor grad_means, Tensor grad_log_vars)");
+  m.def("component_kl(Tensor mu, Tensor logvar, Tensor means, Tensor stds) -> Tensor kl");
+  m.def("component_kl_backward(Tensor grad, Tensor mu, Tensor logvar, Tensor means, Tensor stds) "
+        "-> (Tensor grad_mu, Tensor grad_logvar)");
+  m.def("mixture_bound(Tensor mu, Tensor logvar, Tensor log_weights, Tensor means, Tensor stds, "
+        "Tensor? logits, str kind, int reduction, bool return_weights) "
+        "-> (Tensor total, Tensor categorical, Tensor gaussian, Tensor weights, Tensor kl)");
+  m.def("mixture_bound_backward(Tensor grad_total, Tensor grad_categorical, Tensor grad_gaussian, "
+        "Tensor mu, Tensor logvar, Tensor log_weights, Tensor means, Tensor stds, Tensor? logits, "
+        "Tensor kl, str kind, int reduction) "
+        "-> (Tensor grad_mu, Tensor grad_logvar, Tensor grad_logits)");
 }

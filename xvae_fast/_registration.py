@@ -83,6 +83,31 @@ def _(grad, grad_resp, z, log_weights, means, log_vars):
             torch.empty_like(log_vars))
 
 
+@torch.library.register_fake("xvae_fast::component_kl")
+def _(mu, logvar, means, stds):
+    return mu.new_empty((mu.shape[0], means.shape[0]))
+
+
+@torch.library.register_fake("xvae_fast::component_kl_backward")
+def _(grad, mu, logvar, means, stds):
+    return mu.new_empty(mu.shape), mu.new_empty(mu.shape)
+
+
+@torch.library.register_fake("xvae_fast::mixture_bound")
+def _(mu, logvar, log_weights, means, stds, logits, kind, reduction, return_weights):
+    B, C = mu.shape[0], means.shape[0]
+    shape = (B,) if reduction == 0 else ()
+    out = [mu.new_empty(shape) for _ in range(3)]
+    weights = mu.new_empty((B, C) if return_weights else (0,))
+    return (*out, weights, mu.new_empty((B, C), dtype=_acc(mu.dtype)))
+
+
+@torch.library.register_fake("xvae_fast::mixture_bound_backward")
+def _(g_total, g_cat, g_gauss, mu, logvar, log_weights, means, stds, logits, kl, kind, reduction):
+    dl = mu.new_empty((mu.shape[0], means.shape[0]) if kind == "mixture" else (0,))
+    return mu.new_empty(mu.shape), mu.new_empty(mu.shape), dl
+
+
 # ---- autograd -------------------------------------------------------------------------------------
 def _zeros_if_none(g, like):
     return torch.zeros_like(like) if g is None else g
@@ -173,3 +198,39 @@ def _mixture_log_prob_backward(ctx, grad, grad_resp):
 
 torch.library.register_autograd("xvae_fast::mixture_log_prob", _mixture_log_prob_backward,
                                 setup_context=_mixture_log_prob_setup)
+
+
+def _component_kl_setup(ctx, inputs, output):
+    mu, logvar, means, stds = inputs
+    ctx.save_for_backward(mu, logvar, means, stds)
+
+
+def _component_kl_backward(ctx, grad):
+    mu, logvar, means, stds = ctx.saved_tensors
+    dm, dv = ops.component_kl_backward(grad, mu, logvar, means, stds)
+    return dm, dv, None, None
+
+
+torch.library.register_autograd("xvae_fast::component_kl", _component_kl_backward,
+                                setup_context=_component_kl_setup)
+
+
+def _mixture_bound_setup(ctx, inputs, output):
+    mu, logvar, log_weights, means, stds, logits, kind, reduction, return_weights = inputs
+    _, _, _, weights, kl = output
+    ctx.save_for_backward(mu, logvar, log_weights, means, stds, logits, kl)
+    ctx.kind, ctx.reduction = kind, reduction
+    ctx.mark_non_differentiable(weights, kl)  # the weights are returned detached; kl is internal
+
+
+def _mixture_bound_backward(ctx, g_total, g_cat, g_gauss, _g_weights, _g_kl):
+    mu, logvar, log_weights, means, stds, logits, kl = ctx.saved_tensors
+    like = mu.new_empty((mu.shape[0],) if ctx.reduction == 0 else ())
+    g_total, g_cat, g_gauss = (_zeros_if_none(g, like) for g in (g_total, g_cat, g_gauss))
+    dm, dv, dl = ops.mixture_bound_backward(g_total, g_cat, g_gauss, mu, logvar, log_weights, means,
+                                            stds, logits, kl, ctx.kind, ctx.reduction)
+    return dm, dv, None, None, None, (dl if ctx.kind == "mixture" else None), None, None, None
+
+
+torch.library.register_autograd("xvae_fast::mixture_bound", _mixture_bound_backward,
+                                setup_context=_mixture_bound_setup)

@@ -229,7 +229,8 @@ def component_kl(mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior) ->
     each row's diagonal Gaussian posterior to every component of the prior. Differentiable in mu and
     logvar; never in the prior."""
     _check_posterior(mu, logvar, prior)
-    return reference.component_kl(mu, logvar, prior)
+    _, _, M, S, _, _ = prior.tensors_for(mu.dtype, mu.device)
+    return _ops().component_kl(mu, logvar, M, S)
 
 
 def mixture_bound(mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior, kind: str = "tight",
@@ -245,7 +246,7 @@ def mixture_bound(mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior, k
     _check_posterior(mu, logvar, prior)
     if kind not in BOUND_KINDS:
         raise ValueError(f"kind must be one of {BOUND_KINDS}, got {kind!r}")
-    check_reduction(reduction)
+    red = check_reduction(reduction)
     if kind == "mixture":
         if logits is None:
             raise ValueError("kind 'mixture' weights the components by the encoder's own per-row "
@@ -261,4 +262,7 @@ def mixture_bound(mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior, k
     elif logits is not None:
         raise ValueError("kind 'tight' uses the optimal weights r* = softmax(log pi - D) and takes no "
                          "logits; pass logits=None (or kind='mixture')")
-    return reference.mixture_bound(mu, logvar, prior, kind, logits, reduction, return_weights)
+    _, log_w, M, S, _, _ = prior.tensors_for(mu.dtype, mu.device)
+    total, cat, gauss, weights, _ = _ops().mixture_bound(mu, logvar, log_w, M, S, logits, kind, red,
+                                                         return_weights)
+    return (total, cat, gauss, weights) if return_weights else (total, cat, gauss)
