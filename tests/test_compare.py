@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from xvae_fast.compare import KEYS, _argv, _run_dir, main, run_comparison
+from xvae_fast.compare import KEYS, XVAE_KEYS, EvalSettings, _argv, _run_dir, main, run_comparison
 from xvae_fast.errors import ConfigError
 
 from train_utils import load_ck, one_thread, train
@@ -29,8 +29,14 @@ def test_compare_writes_every_row_and_continues_an_interrupted_comparison(tmp_pa
         assert main(["--data", "clusters", "--seed", "0", "--quick", "--out", out, "--quiet"]) == 0
 
     rows = _rows(out)
-    assert [r["key"] for r in rows] == KEYS and len(rows) == 5 + 9  # 5 baselines, single + 8 presets
+    # 5 baselines, single + 8 paper presets + matched, and the ex-post reference
+    assert [r["key"] for r in rows] == KEYS and len(rows) == 5 + 10 + 1
     by = {r["key"]: r for r in rows}
+    expost = by.pop("expost")
+    # the ex-post reference samples the mixture prior: the first routed row's (its EM fit on stage 1)
+    assert expost["status"] == "from stage 1" and expost["run"] == by["interleaved"]["run"]
+    assert expost["test_objective"] == "" and int(expost["params_total"]) == int(by["full"]["stage1_params"])
+    rows = [r for r in rows if r["key"] != "expost"]
     for r in rows:
         assert r["status"] == "trained", r
         for k in NUMBERS:
@@ -44,15 +50,18 @@ def test_compare_writes_every_row_and_continues_an_interrupted_comparison(tmp_pa
     with open(os.path.join(vamp_dir, "train.log")) as f:
         assert "resumed" in f.read()
     # parameter counts (paper Table 4): clusters D = 2, K = 3; 10 pseudo-inputs, 3 components/clusters
-    total = {k: int(by[k]["params_total"]) for k in KEYS}
-    prior = {k: int(by[k]["params_prior"]) for k in KEYS}
-    assert prior["vae"] == 0 and all(prior[k] == 0 for k in KEYS[5:])  # X-VAE's prior is frozen
+    total = {k: int(by[k]["params_total"]) for k in by}
+    prior = {k: int(by[k]["params_prior"]) for k in by}
+    assert prior["vae"] == 0 and all(prior[k] == 0 for k in XVAE_KEYS)  # X-VAE's prior is frozen
     assert prior["vamp"] == 10 * 2 and total["vamp"] == total["vae"] + 20
     assert prior["mog"] == 3 * (2 * 3 + 1) and total["mog"] == total["vae"] + 21
     assert prior["gmvae"] == 2 * 3 * 3 and prior["hierarchical"] > 0
-    assert total["single"] == total["vae"] and total["full"] == total["vae"] + 64 * 3 + 3  # logits head
+    # the default tight KL needs no logits head: every X-VAE row has the standard VAE's size; the
+    # paper's Eq. 18 adds the logits head (64 * 3 + 3 on the clusters' MLP)
+    assert all(total[k] == total["vae"] for k in XVAE_KEYS)
+    assert all(r["likelihood"] == "gaussian" for r in rows)
     # the X-VAE rows share one stage-1 autoencoder
-    assert len({by[k]["stage1_params"] for k in KEYS[5:]}) == 1 and int(by["full"]["stage1_params"]) > 0
+    assert len({by[k]["stage1_params"] for k in XVAE_KEYS}) == 1 and int(by["full"]["stage1_params"]) > 0
     assert load_ck(by["full"]["run"])["config"]["stage1_from"] == by["single"]["run"]
 
     with open(os.path.join(out, "comparison.md")) as f:
@@ -61,17 +70,49 @@ def test_compare_writes_every_row_and_continues_an_interrupted_comparison(tmp_pa
     for name in ("Standard VAE", "VampPrior VAE", "Hierarchical VAE", "Standard MoG VAE", "GM-VAE",
                  "X-VAE single-Gaussian", "X-VAE transport K (full)", "X-VAE (K-1)+1 (pi^q, N^q)"):
         assert f"| {name} |" in md, name
-    assert md.count("\n| ") == 1 + 14 and md.count("**") == 2  # header and 14 rows; one best
+    assert "| Ex-post reference (X-VAE stage 1 + fitted prior) |" in md
+    assert "Table 2" not in md                      # only with --evaluate
+    assert md.count("\n| ") == 1 + 16 and md.count("**") == 2  # header and 16 rows; one best
 
     # run again: every finished run is reused (nothing retrained), with the same numbers
     mtime = os.path.getmtime(os.path.join(by["gmvae"]["run"], "checkpoint.pt"))
     with one_thread():
         again = run_comparison("clusters", 0, out, quick=True, verbose=False)
-    assert [r["status"] for r in again] == ["reused"] * 14
+    assert [r["status"] for r in again] == ["reused"] * 15 + ["from stage 1"]
     assert os.path.getmtime(os.path.join(by["gmvae"]["run"], "checkpoint.pt")) == mtime
-    assert [float(r["test_objective"]) for r in rows] == pytest.approx([r["test_objective"] for r in again])
+    assert [float(r["test_objective"]) for r in rows] == pytest.approx([r["test_objective"] for r in again[:15]])
     # a different budget in the same folder is refused rather than mixed into the table
     with one_thread(), pytest.raises(ConfigError, match="other options.*epochs_vae"):
         run_comparison("clusters", 0, out, models=["vae"], epochs=2, quick=True, verbose=False)
     with pytest.raises(ConfigError, match="unknown model"):
         run_comparison("clusters", 0, out, models=["vq-vae"], verbose=False)
+
+
+def test_compare_evaluate_adds_table_2_with_the_expost_row(tmp_path):
+    out = str(tmp_path / "cmp")
+    settings = EvalSettings(n_real=40, n_fake=100, classifier_steps=30)
+    with one_thread():
+        rows = run_comparison("clusters", 0, out, models=["vae", "matched", "expost"], quick=True,
+                              verbose=False, evaluate=settings)
+    assert [r["key"] for r in rows] == ["vae", "matched", "expost"]
+    for r in rows:
+        for k in ("rec", "fd_samples", "fd_recon", "precision", "recall", "in_modes"):
+            assert math.isfinite(r[k]), (r["key"], k)
+        assert len(r["mode_shares"]) == 3 and sum(r["mode_shares"]) <= 1 + 1e-9
+        assert r["fd_name"] == "fd_mlp"
+    # the ex-post row is the stage-1 autoencoder: its Rec is the AE's reconstruction error, not the VAE's
+    assert rows[2]["run"] == rows[1]["run"] and rows[2]["rec"] != rows[1]["rec"]
+    assert os.path.isfile(os.path.join(rows[1]["run"], "compare_eval_expost.json"))
+    with open(os.path.join(out, "comparison.md")) as f:
+        md = f.read()
+    assert "## Table 2" in md and "| in modes↑ | per-mode shares |" in md
+    assert md.count("| Ex-post reference (X-VAE stage 1 + fitted prior) |") == 2   # Tables 1 and 2
+    csv_rows = _rows(out)
+    assert csv_rows[2]["fd_samples"] and "/" in csv_rows[2]["mode_shares"]
+    # a second evaluation reuses the cached reports (same numbers, no new files)
+    with one_thread():
+        again = run_comparison("clusters", 0, out, models=["vae", "matched", "expost"], quick=True,
+                               verbose=False, evaluate=settings)
+    assert [r["fd_samples"] for r in again] == [r["fd_samples"] for r in rows]
+    with pytest.raises(ConfigError, match="ex-post reference row"):
+        run_comparison("clusters", 0, out, models=["vae", "expost"], quick=True, verbose=False)

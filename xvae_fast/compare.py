@@ -34,7 +34,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, NonFiniteLossError, XVAEError
 
@@ -133,48 +133,18 @@ class EvalSettings:
 
 def _evaluate(row: Dict[str, Any], settings: EvalSettings, verbose: bool) -> None:
     """Table 2's metrics of one row, computed by `evaluate` (cached next to the run)."""
+    from .evaluation.headline import evaluate_cached, headline_metrics
     from .evaluation.protocol import Protocol
-    from .evaluation.runner import EvalOptions, evaluate_run
-    from .training import checkpoint as ckpt
-    from .training.metrics import write_json
-    from .training.runs import read_json
+    from .evaluation.runner import EvalOptions
     model = "expost" if row["key"] == "expost" else "vae"
-    run_dir = row["run"]
     proto = Protocol(n_real=settings.n_real, n_fake=settings.n_fake)
     opts = EvalOptions(alphas=[], figures=False, progress=False, model=model, protocol=proto,
                        inception_weights=settings.inception_weights, download=False,
                        classifier_steps=settings.classifier_steps, device=settings.device)
-    key = {"model": model, "protocol": proto.to_dict(), "inception": settings.inception_weights,
-           "classifier_steps": settings.classifier_steps}
-    path = os.path.join(run_dir, f"compare_eval_{model}.json")
-    report = None
-    if os.path.isfile(path) and os.path.getmtime(path) >= os.path.getmtime(
-            os.path.join(run_dir, ckpt.CHECKPOINT)):
-        cached = read_json(path)
-        if cached.get("key") == key:
-            report = cached["report"]
-    if report is None:
-        if verbose:
-            print(f"[compare] evaluating {row['key']}", file=sys.stderr, flush=True)
-        report = evaluate_run(run_dir, opts)
-        report.pop("_grids", None)
-        report.pop("_reference", None)
-        write_json({"key": key, "report": report}, path)
-    m = report["metrics"]
-    if "rec" in m:
-        row["rec"] = m["rec"]["value"]
-    for fd in ("fd_lenet", "fd_mlp", "fd_data"):
-        if fd in m:
-            row.update(fd_name=fd, fd_samples=m[fd]["samples"]["value"], fd_recon=m[fd]["recon"]["value"])
-    for pr in ("pr_lenet", "pr_mlp", "pr_data"):
-        if pr in m:
-            row.update(precision=m[pr]["precision"], recall=m[pr]["recall"])
-    if "fid" in m:
-        row.update(fid_samples=m["fid"]["samples"]["value"], fid_recon=m["fid"]["recon"]["value"])
-    if "is" in m:
-        row.update(is_mean=m["is"]["mean"], is_std=m["is"]["std"])
-    if "modes" in m:
-        row.update(in_modes=m["modes"]["within_3std"], mode_shares=m["modes"]["shares"])
+    if verbose:
+        print(f"[compare] evaluating {row['key']}", file=sys.stderr, flush=True)
+    report = evaluate_cached(row["run"], opts, f"compare_eval_{model}")
+    row.update(headline_metrics(report))
     row["eval_routing"] = report["protocol"]["routing"] if report.get("routing_applies") else None
     row["eval_n_fake"] = proto.n_fake
 
@@ -201,13 +171,16 @@ def run_comparison(data: str = "digits", seed: int = 42, out: Optional[str] = No
     os.makedirs(out, exist_ok=True)
     rows: List[Dict[str, Any]] = []
     stage1: Optional[str] = None
-    stage1_summary: Optional[Dict[str, Any]] = None
+    # the ex-post reference decodes samples of the mixture prior (any routed row's: they share stage 1
+    # and its EM fit), or of the single Gaussian when only `single` ran
+    expost_src: Optional[Tuple[str, Dict[str, Any]]] = None
+    expost_mixture = False
     for key in keys:
         if key == "expost":
-            if stage1 is None:     # every X-VAE row failed
+            if expost_src is None:     # every X-VAE row failed
                 rows.append(_row(key, None, "", "no stage 1"))
                 continue
-            row = _expost_row(stage1, stage1_summary)
+            row = _expost_row(*expost_src)
         else:
             run_dir = _run_dir(out, key)
             argv = _argv(data, seed, key, epochs, epochs_ae, quick, extra, run_dir)
@@ -225,7 +198,9 @@ def run_comparison(data: str = "digits", seed: int = 42, out: Optional[str] = No
                 _write_tables(rows, out, data, seed)
                 continue
             if is_xvae and stage1 is None:
-                stage1, stage1_summary = run_dir, summary
+                stage1 = run_dir
+            if is_xvae and (expost_src is None or (key != "single" and not expost_mixture)):
+                expost_src, expost_mixture = (run_dir, summary), key != "single"
             row = _row(key, summary, run_dir, "reused" if status == "done" else "trained")
             if verbose:
                 print(f"[compare] {key}: {status}, test objective {summary['test']['loss']:.4g} "

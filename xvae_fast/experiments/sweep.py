@@ -63,44 +63,15 @@ def _run_dir(out: str, seed: int, setup: str) -> str:
 
 
 def _eval(run_dir: str, model: str, routing: Optional[str], noise: bool = False) -> Dict[str, Any]:
-    """The offline metrics of one run (cached next to the run, keyed by model, routing and whether
-    samples carry the decoder noise)."""
+    """The headline offline metrics of one run (cached next to the run, keyed by model, routing and
+    whether samples carry the decoder noise)."""
+    from ..evaluation.headline import evaluate_cached, headline_metrics
     from ..evaluation.protocol import Protocol
-    from ..evaluation.runner import EvalOptions, evaluate_run
-    from ..training import checkpoint as ckpt
-    from ..training.runs import read_json
-    name = f"sweep_eval_{model}_{routing or 'run'}{'_noise' if noise else ''}.json"
-    path = os.path.join(run_dir, name)
-    ck_time = os.path.getmtime(os.path.join(run_dir, ckpt.CHECKPOINT))
-    if os.path.isfile(path) and os.path.getmtime(path) >= ck_time:
-        return read_json(path)
+    from ..evaluation.runner import EvalOptions
     opts = EvalOptions(alphas=[], figures=False, progress=False, model=model,
                        protocol=Protocol(routing=routing, decoder_noise=noise))
-    report = evaluate_run(run_dir, opts)
-    report.pop("_grids", None)
-    report.pop("_reference", None)
-    from ..training.metrics import write_json
-    write_json(report, path)
-    return report
-
-
-def _metrics_of(report: Dict[str, Any]) -> Dict[str, float]:
-    m = report["metrics"]
-    out: Dict[str, float] = {}
-    if "rec" in m:
-        out["rec"] = m["rec"]["value"]
-    for key in ("fd_lenet", "fd_mlp", "fd_data"):
-        if key in m:
-            out["fd_samples"] = m[key]["samples"]["value"]
-            out["fd_recon"] = m[key]["recon"]["value"]
-    for key in ("pr_lenet", "pr_mlp", "pr_data"):
-        if key in m:
-            out["precision"] = m[key]["precision"]
-            out["recall"] = m[key]["recall"]
-    if "modes" in m:
-        out["in_modes"] = m["modes"]["within_3std"]
-        out["min_mode_share"] = min(m["modes"]["shares"])
-    return out
+    name = f"sweep_eval_{model}_{routing or 'run'}{'_noise' if noise else ''}"
+    return headline_metrics(evaluate_cached(run_dir, opts, name))
 
 
 def run_sweep(data: str, out: str, seeds: Sequence[int], setups: Sequence[str],
@@ -146,16 +117,16 @@ def run_sweep(data: str, out: str, seeds: Sequence[int], setups: Sequence[str],
                                    "test_recon": summary["test"]["recon"]}
             mixture = resolved.model == "xvae" and resolved.plan != "single"
             for routing in (ROUTINGS if mixture else (None,)):
-                m = _metrics_of(_eval(run_dir, "vae", routing))
+                m = _eval(run_dir, "vae", routing)
                 key = routing or "per-row"
                 rec.setdefault("routings", {})[key] = m
             if data == "clusters":     # the model's p(x): per-row samples with the decoder noise
-                rec["routings"]["noise"] = _metrics_of(_eval(run_dir, "vae", "per-row" if mixture else None,
-                                                             noise=True))
+                rec["routings"]["noise"] = _eval(run_dir, "vae", "per-row" if mixture else None,
+                                                 noise=True)
             if resolved.model == "xvae":
                 rec["stage1"] = stage1[group]
                 if stage1[group] == run_dir:    # one ex-post reference per stage 1
-                    rec["expost"] = _metrics_of(_eval(run_dir, "expost", "per-row"))
+                    rec["expost"] = _eval(run_dir, "expost", "per-row")
             records[f"{seed}/{setup}"] = rec
             if verbose:
                 head = rec["routings"].get(resolved.routing or "per-row", {})

@@ -120,7 +120,8 @@ def write_outputs(tr) -> Dict[str, Any]:
         mean = vae.generate(samples[primary].shape[0], cfg.alpha, primary, generator=g)
         noisy = info.to_data_space(vae.likelihood.draw(mean, generator=g)).numpy()
         save_scatter([data_np, noisy], ["data (test)", "samples"],
-                     os.path.join(out, "samples_decoder_noise.png"), f"x ~ p(x | z) (with decoder noise), alpha={cfg.alpha:g}, {primary}")
+                     os.path.join(out, "samples_decoder_noise.png"),
+                     f"x ~ p(x | z) (with decoder noise), alpha={cfg.alpha:g}, {primary}")
         files["samples_decoder_noise"] = "samples_decoder_noise.png"
         sweep = []
         for a in cfg.alphas:

@@ -1,0 +1,54 @@
+"""What the bulk commands (`compare --evaluate`, the experiment sweeps) take from an evaluation: the
+headline numbers of a report, and a cache of reports next to each run so a rerun does not
+re-evaluate a run whose checkpoint has not changed."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict
+
+from .runner import EvalOptions, evaluate_run
+
+
+def headline_metrics(report: Dict[str, Any]) -> Dict[str, Any]:
+    """Rec, the offline (and Inception) Fréchet distances of samples and reconstructions, precision /
+    recall, the Inception Score, and for the clusters the in-mode fraction and per-mode shares."""
+    m = report["metrics"]
+    out: Dict[str, Any] = {}
+    if "rec" in m:
+        out["rec"] = m["rec"]["value"]
+    for fd in ("fd_lenet", "fd_mlp", "fd_data"):
+        if fd in m:
+            out.update(fd_name=fd, fd_samples=m[fd]["samples"]["value"], fd_recon=m[fd]["recon"]["value"])
+    for pr in ("pr_lenet", "pr_mlp", "pr_data"):
+        if pr in m:
+            out.update(precision=m[pr]["precision"], recall=m[pr]["recall"])
+    if "fid" in m:
+        out.update(fid_samples=m["fid"]["samples"]["value"], fid_recon=m["fid"]["recon"]["value"])
+    if "is" in m:
+        out.update(is_mean=m["is"]["mean"], is_std=m["is"]["std"])
+    if "modes" in m:
+        out.update(in_modes=m["modes"]["within_3std"], mode_shares=m["modes"]["shares"],
+                   min_mode_share=min(m["modes"]["shares"]))
+    return out
+
+
+def evaluate_cached(run_dir: str, opts: EvalOptions, name: str) -> Dict[str, Any]:
+    """evaluate_run(run_dir, opts) (figures off), reusing run_dir/<name>.json when it was written
+    after the run's checkpoint with the same model, protocol and feature-network options."""
+    from ..training import checkpoint as ckpt
+    from ..training.metrics import write_json
+    key = {"model": opts.model, "protocol": opts.protocol.to_dict(), "metrics": opts.metrics,
+           "inception": opts.inception_weights, "classifier_steps": opts.classifier_steps}
+    path = os.path.join(run_dir, f"{name}.json")
+    if os.path.isfile(path) and os.path.getmtime(path) >= os.path.getmtime(
+            os.path.join(run_dir, ckpt.CHECKPOINT)):
+        with open(path, encoding="utf-8") as f:
+            cached = json.load(f)
+        if cached.get("key") == key:
+            return cached["report"]
+    report = evaluate_run(run_dir, opts)
+    report.pop("_grids", None)
+    report.pop("_reference", None)
+    write_json({"key": key, "report": report}, path)
+    return report
