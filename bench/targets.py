@@ -2,7 +2,7 @@
 reference vs torch.compile of the reference (compile time excluded), all ratios from one run.
 
     python bench/targets.py [--B 4096] [--K 256] [--repeats 30]
-    python bench/targets.py --component-kl [--repeats 10]
+    python bench/targets.py --component-kl [--repeats 30]
 
 --component-kl: the targets of component_kl and mixture_bound (tight, mixture), forward+backward,
 float32, at (B, C = K) = (4096, 256) and (128, 64): the fused op vs the leanest plain-PyTorch
@@ -45,7 +45,7 @@ def main():
                     help="the component_kl / mixture_bound targets instead (see above)")
     a = ap.parse_args()
     if a.component_kl:
-        component_kl_targets(a.repeats if a.repeats != 30 else 10)
+        component_kl_targets(a.repeats)
         return
     B, K = a.B, a.K
     torch.manual_seed(0)
@@ -92,6 +92,19 @@ def main():
           f"{t['rt_fused_fwd'] / t['randn']:.2f} (target <= 2)")
 
 
+def interleaved_medians(fns, repeats, warmup=10):
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    ts = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in ts.items()}
+
+
 def component_kl_targets(repeats):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from run import _mixture_from, _tight_from, gemm_component_kl, lean_component_kl
@@ -119,6 +132,7 @@ def component_kl_targets(repeats):
                 lambda f: (lambda mu, lv: (f(mu, lv, M, S) * gD).sum())),
         }
         eager_reps = 3 if B * C * K >= 1 << 26 else repeats
+        reps = repeats if B * C * K >= 1 << 26 else 10 * repeats  # small calls: more rounds
         print(f"B={B} C=K={K}")
         print(f"  {'op':22s} {'fused':>9s} {'eager':>10s} {'compile':>9s} {'gemm':>9s} {'gemm-c':>9s}"
               f"   {'x eager':>8s} {'x comp':>7s} {'x gemm':>7s} {'x gemm-c':>8s}")
@@ -126,11 +140,12 @@ def component_kl_targets(repeats):
             def step(fn):
                 return lambda: torch.autograd.grad(fn(*ins), ins)
             lean, gemm = peer(lean_component_kl), peer(gemm_component_kl)
-            t = {"fused": median_time(step(fused), repeats)}
-            t["eager"] = median_time(step(lean), eager_reps, warmup=1 if eager_reps == 3 else 10)
-            t["compile"] = median_time(step(torch.compile(lean)), repeats)
-            t["gemm"] = median_time(step(gemm), repeats)
-            t["gemm_c"] = median_time(step(torch.compile(gemm)), repeats)
+            t = {"eager": median_time(step(lean), eager_reps, warmup=1 if eager_reps == 3 else 10)}
+            # The other four are timed in rotation, one call each per round, so that a slow phase of
+            # this (shared, virtual) machine falls on all of them alike; medians over the rounds.
+            t.update(interleaved_medians({"fused": step(fused), "compile": step(torch.compile(lean)),
+                                          "gemm": step(gemm), "gemm_c": step(torch.compile(gemm))},
+                                         reps))
             f = t["fused"]
             print(f"  {name:22s} {f * 1e3:9.3f} {t['eager'] * 1e3:10.1f} {t['compile'] * 1e3:9.3f} "
                   f"{t['gemm'] * 1e3:9.3f} {t['gemm_c'] * 1e3:9.3f}   {t['eager'] / f:7.2f}x "
