@@ -384,3 +384,34 @@ def test_each_likelihood_trains_digits_and_the_baseline(tmp_path, likelihood):
         assert s["likelihood"] == likelihood and math.isfinite(s["test"]["loss"])
         units = s["objective_units"]
         assert ("squared error" in units) == (likelihood == "mse") and ("nats" in units) != (likelihood == "mse")
+
+
+def test_decoder_noise_draws_from_the_likelihood(tmp_path):
+    """--decoder-noise adds the likelihood's noise: for the learned Gaussian, the difference to the
+    decoded means has the std sqrt(gamma)."""
+    from xvae_fast.sample import sample_run
+    run = str(tmp_path / "run")
+    assert train(*TINY_CLUSTERS, "--no-outputs", "--out", run) == 0
+    gamma = summary(run)["likelihood_gamma"]
+    with one_thread():
+        mean, _ = sample_run(run, 4000, seed=3)
+        noisy, _ = sample_run(run, 4000, seed=3, decoder_noise=True)
+    assert float((noisy - mean).std()) == pytest.approx(math.sqrt(gamma), rel=0.05)
+    r = cli("xvae_fast.sample", "--run", run, "--n", "10", "--decoder-noise", "--out", tmp_path / "s.npy")
+    assert r.returncode == 0 and np.load(tmp_path / "s.npy").shape == (10, 2)
+    b = Bernoulli("image")
+    draws = b.draw(torch.full((2000, 1, 2, 2), 0.3), generator=torch.Generator().manual_seed(0))
+    assert set(draws.unique().tolist()) <= {0.0, 1.0} and abs(float(draws.mean()) - 0.3) < 0.02
+
+
+def test_compare_inception_weights_need_evaluate(tmp_path):
+    r = cli("xvae_fast.compare", "--data", "clusters", "--quick", "--inception-weights", "w.pth",
+            "--out", tmp_path / "c")
+    assert r.returncode == 2 and "--inception-weights is for --evaluate" in r.stderr
+
+
+def test_stage1_from_a_run_with_another_likelihood_is_refused(tmp_path):
+    src = str(tmp_path / "src")
+    assert train(*TINY_CLUSTERS, "--likelihood", "mse", "--no-outputs", "--out", src) == 0
+    r = cli("xvae_fast.train", *TINY_CLUSTERS, "--stage1-from", src, "--out", tmp_path / "run")
+    assert r.returncode == 2 and "trained with --likelihood mse" in r.stderr and "Traceback" not in r.stderr

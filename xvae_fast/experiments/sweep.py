@@ -62,21 +62,27 @@ def _run_dir(out: str, seed: int, setup: str) -> str:
     return os.path.join(out, f"seed{seed}", setup.replace("/", "of"))
 
 
-def _eval(run_dir: str, model: str, routing: Optional[str], noise: bool = False) -> Dict[str, Any]:
+EVAL_DEFAULTS = dict(n_fake=2000, classifier_steps=None)
+
+
+def _eval(run_dir: str, model: str, routing: Optional[str], noise: bool = False,
+          settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The headline offline metrics of one run (cached next to the run, keyed by model, routing and
     whether samples carry the decoder noise)."""
     from ..evaluation.headline import evaluate_cached, headline_metrics
     from ..evaluation.protocol import Protocol
     from ..evaluation.runner import EvalOptions
+    st = {**EVAL_DEFAULTS, **(settings or {})}
     opts = EvalOptions(alphas=[], figures=False, progress=False, model=model,
-                       protocol=Protocol(routing=routing, decoder_noise=noise))
+                       classifier_steps=st["classifier_steps"],
+                       protocol=Protocol(routing=routing, decoder_noise=noise, n_fake=st["n_fake"]))
     name = f"sweep_eval_{model}_{routing or 'run'}{'_noise' if noise else ''}"
     return headline_metrics(evaluate_cached(run_dir, opts, name))
 
 
 def run_sweep(data: str, out: str, seeds: Sequence[int], setups: Sequence[str],
               extra: Sequence[str] = (), overwrite: bool = False, verbose: bool = True,
-              train: bool = True) -> Dict[str, Any]:
+              train: bool = True, eval_settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Train (or reuse) and evaluate every (seed, setup); returns the raw per-seed records."""
     from ..train import parse_config
     from ..training.runs import train_or_reuse
@@ -117,16 +123,16 @@ def run_sweep(data: str, out: str, seeds: Sequence[int], setups: Sequence[str],
                                    "test_recon": summary["test"]["recon"]}
             mixture = resolved.model == "xvae" and resolved.plan != "single"
             for routing in (ROUTINGS if mixture else (None,)):
-                m = _eval(run_dir, "vae", routing)
+                m = _eval(run_dir, "vae", routing, settings=eval_settings)
                 key = routing or "per-row"
                 rec.setdefault("routings", {})[key] = m
             if data == "clusters":     # the model's p(x): per-row samples with the decoder noise
                 rec["routings"]["noise"] = _eval(run_dir, "vae", "per-row" if mixture else None,
-                                                 noise=True)
+                                                 noise=True, settings=eval_settings)
             if resolved.model == "xvae":
                 rec["stage1"] = stage1[group]
                 if stage1[group] == run_dir:    # one ex-post reference per stage 1
-                    rec["expost"] = _eval(run_dir, "expost", "per-row")
+                    rec["expost"] = _eval(run_dir, "expost", "per-row", settings=eval_settings)
             records[f"{seed}/{setup}"] = rec
             if verbose:
                 head = rec["routings"].get(resolved.routing or "per-row", {})
@@ -252,6 +258,10 @@ def main_for(data: str, argv: Optional[List[str]] = None, doc: str = "") -> int:
     p.add_argument("--overwrite", action="store_true", help="retrain runs that are already there")
     p.add_argument("--report-only", action="store_true", help="tabulate the runs already there; train "
                    "nothing")
+    p.add_argument("--n-fake", type=int, default=EVAL_DEFAULTS["n_fake"], metavar="N",
+                   help="samples per evaluation (default 2000)")
+    p.add_argument("--classifier-steps", type=int, default=None, metavar="N",
+                   help="training steps of the offline feature classifier (default: its recipe)")
     p.add_argument("--quiet", action="store_true")
     args, extra = p.parse_known_args(argv)
     try:
@@ -260,10 +270,17 @@ def main_for(data: str, argv: Optional[List[str]] = None, doc: str = "") -> int:
         print(f"error: --seeds must be comma-separated integers, got {args.seeds!r}", file=sys.stderr)
         return 2
     setups = list(table) if args.setups == "all" else [s.strip() for s in args.setups.split(",") if s.strip()]
+    if not seeds or not setups:
+        print("error: --seeds and --setups must each name at least one", file=sys.stderr)
+        return 2
+    if args.n_fake < 10 or (args.classifier_steps is not None and args.classifier_steps < 1):
+        print("error: --n-fake must be >= 10 and --classifier-steps >= 1", file=sys.stderr)
+        return 2
     try:
         os.makedirs(args.out, exist_ok=True)
         records = run_sweep(data, args.out, seeds, setups, extra, args.overwrite, not args.quiet,
-                            train=not args.report_only)
+                            train=not args.report_only,
+                            eval_settings=dict(n_fake=args.n_fake, classifier_steps=args.classifier_steps))
         rows = aggregate(records, setups)
         md = to_markdown(rows, data, table)
         from ..training.metrics import write_json
