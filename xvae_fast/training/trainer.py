@@ -264,14 +264,14 @@ class Trainer:
             raise ConfigError(f"latent size mismatch between stages: the stage-1 autoencoder in "
                               f"{source!r} has latent size {src.latent}, but this run's VAE has "
                               f"--latent {self.cfg.latent}; the AE and VAE must share K")
-        if src.likelihood != self.cfg.likelihood:
-            raise ConfigError(f"--stage1-from {source!r}: that autoencoder was trained with --likelihood "
-                              f"{src.likelihood}, this run uses --likelihood {self.cfg.likelihood}; the "
-                              "stages share one likelihood (pass the same --likelihood)")
         if src.dataset != self.cfg.dataset or tuple(ck["data_info"]["shape"]) != self.info.shape:
             raise ConfigError(f"--stage1-from {source!r} was trained on {src.dataset} "
                               f"{tuple(ck['data_info']['shape'])}, not {self.cfg.dataset} "
                               f"{self.info.shape}")
+        if src.likelihood != self.cfg.likelihood:
+            raise ConfigError(f"--stage1-from {source!r}: that autoencoder was trained with --likelihood "
+                              f"{src.likelihood}, this run uses --likelihood {self.cfg.likelihood}; the "
+                              "stages share one likelihood (pass the same --likelihood)")
         ckpt.load_state(self.ae, ck["models"]["ae"], "stage-1 autoencoder", path)
         self.history = [r for r in ck["history"] if r.get("stage") == "ae"]
         self.stage = "prior"
