@@ -14,7 +14,9 @@ from typing import Any, Dict, List, Optional, Union
 from .data.spec import DEFAULTS, parse_dataset_spec
 from .errors import ConfigError
 from .plans import PRESETS, Plan
+from .functional import ROUTINGS
 from .models.likelihood import LIKELIHOODS
+from .models.vae import KL_OBJECTIVES
 
 MODELS = ("xvae", "vae", "vamp", "hierarchical", "mog", "gmvae")
 # The paper's baselines (Section 3, Tables 1-4): trained end to end with a learned or fixed prior, no
@@ -38,9 +40,7 @@ BASELINE_DEFAULTS = {
 BASELINE_OPTIONS = {"pseudo_inputs": "vamp", "mog_components": "mog", "gmvae_clusters": "gmvae",
                     "hier_top": "hierarchical"}
 PLAN_NAMES = ("single",) + PRESETS
-KL_OBJECTIVES = ("paper", "tight", "mixture")
 STAGE2_INITS = ("ae", "random")
-ROUTINGS = ("per-row", "per-coordinate")
 METHOD_PRESETS = ("default", "paper")
 # The stage-2 method choices (SPEC Revision 2). `paper` is the paper read literally (Eq. 18, plan
 # `full`, a randomly initialised stage 2, Eq. 20's per-coordinate generation, squared error); `default`

@@ -13,7 +13,7 @@ from ._validation import (FLOATING, check_batch, check_finite, check_prior_devic
 from .plans import Plan, resolve_plan
 from .prior import MixturePrior
 
-ROUTINGS = ("per-coordinate", "per-row")
+ROUTINGS = ("per-row", "per-coordinate")  # generation routings (per-row: exact mixture sampling)
 
 
 def _ops():
@@ -214,7 +214,7 @@ def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, means: torch.Te
     return (lp, resp) if return_responsibilities else lp
 
 
-BOUND_KINDS = ("tight", "mixture")
+BOUND_KINDS = reference.BOUND_KINDS
 
 
 def _check_posterior(mu, logvar, prior):

@@ -10,8 +10,8 @@ import math
 from typing import Any, Dict, Optional
 
 from ..errors import ConfigError
+from ..functional import ROUTINGS
 
-ROUTINGS = ("per-row", "per-coordinate")
 SPLITS = ("test", "train")
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import ConfigError, XVAEError
 
-ROUTINGS = ("per-row", "per-coordinate")
+from ..functional import ROUTINGS
 DEFAULT_SEEDS = (42, 43, 44)
 
 

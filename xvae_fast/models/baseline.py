@@ -22,11 +22,11 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..functional import ROUTINGS
 from .architectures import build_body, build_decoder
 from .likelihood import Likelihood, SquaredError
 from .ops import get_ops
 
-ROUTINGS = ("per-row", "per-coordinate")
 LOG_2PI = math.log(2 * math.pi)
 
 

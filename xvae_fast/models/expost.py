@@ -9,10 +9,10 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from ..functional import ROUTINGS
 from ..prior import MixturePrior
 from .ops import get_ops
 
-ROUTINGS = ("per-row", "per-coordinate")
 
 
 class ExPostModel(nn.Module):

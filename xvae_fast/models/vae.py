@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
+from ..functional import ROUTINGS
 from ..plans import Plan
 from ..prior import MixturePrior
 from .architectures import build_body, build_decoder
@@ -33,7 +34,6 @@ from .ops import get_ops
 
 MODES = ("mixture", "single", "standard")
 KL_OBJECTIVES = ("paper", "tight", "mixture")
-ROUTINGS = ("per-row", "per-coordinate")
 
 
 class VAE(nn.Module):

@@ -48,12 +48,12 @@ def write_outputs(tr) -> Dict[str, Any]:
     mixture = vae.mode == "mixture"
     primary = getattr(vae, "routing", None) or "per-row"
     routings = [primary] + ([r for r in ("per-row", "per-coordinate") if r != primary] if mixture else [])
-    sample_sets = {r: r for r in routings}
+    sample_sets = list(routings)      # routings, then the ex-post reference of an X-VAE run
     expost = None
     if ae is not None and vae.prior is not None:
         from ..models import ExPostModel
         expost = ExPostModel(ae, vae.prior, "per-row", vae.ops)
-        sample_sets["expost"] = "expost"
+        sample_sets.append("expost")
 
     def file_name(key):
         if key == primary:
@@ -70,13 +70,16 @@ def write_outputs(tr) -> Dict[str, Any]:
         xv = vae(x)["xhat"].float()
         xa = ae(x)[0].float() if ae is not None else None
 
-    samples = {}
+    samples, primary_model_space = {}, None
     for key in sample_sets:
         g = _generator(dev, seed + 1)
         n = cfg.n_samples if info.kind == "image" else max(cfg.n_samples, N_CLUSTER_SAMPLES)
         model = expost if key == "expost" else vae
         routing = None if key == "expost" else key
-        samples[key] = info.to_data_space(model.generate(n, cfg.alpha, routing, generator=g))
+        generated = model.generate(n, cfg.alpha, routing, generator=g)
+        if key == primary:
+            primary_model_space = generated
+        samples[key] = info.to_data_space(generated)
     np.save(os.path.join(out, "samples.npy"), samples[primary].numpy())
     files["samples_npy"] = "samples.npy"
 
@@ -115,10 +118,9 @@ def write_outputs(tr) -> Dict[str, Any]:
             save_scatter([data_np, samples[key].numpy()], ["data (test)", "samples"],
                          os.path.join(out, name), _title(key, cfg.alpha))
             files[f"samples_{key}"] = name
-        # the model's density: the same latents' decoded means with the likelihood's noise added
-        g = _generator(dev, seed + 1)
-        mean = vae.generate(samples[primary].shape[0], cfg.alpha, primary, generator=g)
-        noisy = info.to_data_space(vae.likelihood.draw(mean, generator=g)).numpy()
+        # the model's density: the same decoded means with the likelihood's noise added
+        noise = _generator(dev, seed + 3)
+        noisy = info.to_data_space(vae.likelihood.draw(primary_model_space, generator=noise)).numpy()
         save_scatter([data_np, noisy], ["data (test)", "samples"],
                      os.path.join(out, "samples_decoder_noise.png"),
                      f"x ~ p(x | z) (with decoder noise), alpha={cfg.alpha:g}, {primary}")
