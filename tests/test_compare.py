@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from xvae_fast.compare import KEYS, XVAE_KEYS, EvalSettings, _argv, _run_dir, main, run_comparison
+from xvae_fast.compare import KEYS, XVAE_KEYS, PAPER_KEYS, EvalSettings, _argv, _run_dir, main, run_comparison
 from xvae_fast.errors import ConfigError
 
 from train_utils import load_ck, one_thread, train
@@ -30,7 +30,7 @@ def test_compare_writes_every_row_and_continues_an_interrupted_comparison(tmp_pa
 
     rows = _rows(out)
     # 5 baselines, single + 8 paper presets + matched, and the ex-post reference
-    assert [r["key"] for r in rows] == KEYS and len(rows) == 5 + 10 + 1
+    assert [r["key"] for r in rows] == PAPER_KEYS and len(rows) == 5 + 10 + 1
     by = {r["key"]: r for r in rows}
     expost = by.pop("expost")
     # the ex-post reference samples the mixture prior: the first routed row's (its EM fit on stage 1)

@@ -7,6 +7,7 @@ from .prior import MixturePrior
 from .functional import (component_kl, draw_noise, gaussian_kl, mixture_bound, mixture_kl, mixture_log_prob, responsibilities,
                          routed_transport,
                          routed_transport_with_state, sample_mixture_with_state, sample_prior)
+from .sigma_points import select_sigma_indices, sigma_points, ut_weights
 
 if extension_available():
     from . import _registration  # noqa: F401  (fake kernels and autograd of the ops)
@@ -15,6 +16,6 @@ __all__ = [
     "MixturePrior", "Plan", "CoordinatePlan", "PRESETS", "responsibilities", "mixture_kl",
     "gaussian_kl", "mixture_log_prob", "component_kl", "mixture_bound", "routed_transport", "routed_transport_with_state", "sample_prior",
     "sample_mixture_with_state", "draw_noise", "reference", "extension_available",
-    "cuda_kernels_available",
+    "cuda_kernels_available", "sigma_points", "select_sigma_indices", "ut_weights",
 ]
 __version__ = "0.1.0"

@@ -6,7 +6,10 @@ Rows (the paper's Table 9 order): the standard VAE, VampPrior, hierarchical, MoG
 baselines, then X-VAE single-Gaussian and the routed-transport configurations (interleaved, the four
 (K-1)+1 routings, transport K, 2K/3 and K/3, and `matched`, the library's default plan), then the
 ex-post reference (the X-VAE stage-1 autoencoder decoding samples of its fitted prior, no stage 2),
-the row every two-stage model must beat. Every run uses the same trainer, data, split, latent size,
+the row every two-stage model must beat. `--models related` (or `all`) adds the related systems
+(docs/models.md): the Two-Stage VAE, its stage-1-only sampling (the reference its second stage must
+beat, from the same run), and the UAE family with K sigma points: UAE, UT-VAE and the VAE with K
+samples, all sampled ex post from a full-covariance mixture. Every run uses the same trainer, data, split, latent size,
 likelihood, seed, batch size, learning rate and stage-2 epoch budget; the X-VAE rows use the library's
 stage-2 defaults (or --preset paper, passed through) and share one stage-1 autoencoder (trained by the
 first X-VAE run, reused by the others with --stage1-from).
@@ -56,14 +59,28 @@ ENTRIES = [
     ("split-1/3", "xvae", "split-1/3", "X-VAE transport K/3 (split-1/3)"),
     ("matched", "xvae", "matched", "X-VAE matched (library default)"),
     ("expost", "expost", None, "Ex-post reference (X-VAE stage 1 + fitted prior)"),
+    # the related systems (docs/models.md)
+    ("twostage", "twostage", None, "Two-Stage VAE"),
+    ("twostage-stage1", "twostage", None, "Two-Stage VAE, stage-1-only sampling"),
+    ("uae", "uae", None, "UAE (sigma points, mean image, W, GP; ex-post GMM)"),
+    ("utvae", "uae", None, "UT-VAE (sigma points, mean image, KL; ex-post GMM)"),
+    ("vae-k", "uae", None, "VAE with K samples (UAE family; ex-post GMM)"),
 ]
+# rows trained with more than --model (the UAE ablation family)
+ROW_ARGS = {"utvae": ["--uae-variant", "utvae"], "vae-k": ["--uae-variant", "vae"]}
+# rows that evaluate another row's run with a reference sampler: key -> (source row, sampler)
+DERIVED = {"twostage-stage1": ("twostage", "stage1")}
 KEYS = [e[0] for e in ENTRIES]
+RELATED_KEYS = ["twostage", "twostage-stage1", "uae", "utvae", "vae-k"]
+PAPER_KEYS = [k for k in KEYS if k not in RELATED_KEYS]     # the default: the paper's tables
+# --models accepts these group names beside row keys
+GROUPS = {"paper": PAPER_KEYS, "related": RELATED_KEYS, "all": KEYS}
 BASELINE_KEYS = KEYS[:5]
 XVAE_KEYS = [e[0] for e in ENTRIES if e[1] == "xvae"]
 # --quick: a few steps per run, no figures (tests, smoke checks)
 QUICK = ["--limit", "240", "--batch-size", "64", "--epochs-ae", "1", "--epochs-vae", "1",
          "--em-n-init", "1", "--no-outputs"]
-EVAL_COLUMNS = ["rec", "fd_name", "fd_samples", "fd_recon", "precision", "recall", "fid_samples",
+EVAL_COLUMNS = ["rec", "fd_name", "fd_samples", "fd_recon", "fd_interp", "precision", "recall", "fid_samples",
                 "fid_recon", "is_mean", "is_std", "in_modes", "mode_shares"]
 CSV_COLUMNS = ["key", "model", "plan", "name", "status", "train_objective", "test_objective",
                "test_recon", "test_kl", "train_recon", "train_kl", "test_kl_cat", "test_kl_gauss",
@@ -81,6 +98,7 @@ def _argv(data: str, seed: int, key: str, epochs: Optional[int], epochs_ae: Opti
     argv = ["--dataset", data, "--seed", str(seed), "--model", model, "--out", run_dir, "--no-progress"]
     if plan is not None:
         argv += ["--plan", plan]
+    argv += ROW_ARGS.get(key, [])
     if quick:
         argv += QUICK
     if epochs is not None:
@@ -121,6 +139,16 @@ def _expost_row(stage1_run: str, summary: Dict[str, Any]) -> Dict[str, Any]:
     return row
 
 
+def _derived_row(key: str, run_dir: str, summary: Dict[str, Any]) -> Dict[str, Any]:
+    """A reference sampler of another row's run (the Two-Stage VAE's stage-1-only sampling): no
+    objective of its own (Table 1 stays empty), the sampler's parameters."""
+    row = _row(key, None, run_dir, f"from {DERIVED[key][0]}")
+    stages = summary.get("stages") or {}
+    row.update({"likelihood": summary.get("likelihood"), "steps": summary.get("steps"),
+                "stage_trained": ",".join(stages) or None})
+    return row
+
+
 @dataclasses.dataclass
 class EvalSettings:
     """What `--evaluate` computes per row (offline metrics; Inception FID / IS with weights)."""
@@ -136,7 +164,7 @@ def _evaluate(row: Dict[str, Any], settings: EvalSettings, verbose: bool) -> Non
     from .evaluation.headline import evaluate_cached, headline_metrics
     from .evaluation.protocol import Protocol
     from .evaluation.runner import EvalOptions
-    model = "expost" if row["key"] == "expost" else "vae"
+    model = "expost" if row["key"] == "expost" else DERIVED.get(row["key"], (None, "vae"))[1]
     proto = Protocol(n_real=settings.n_real, n_fake=settings.n_fake)
     opts = EvalOptions(alphas=[], figures=False, progress=False, model=model, protocol=proto,
                        inception_weights=settings.inception_weights, download=False,
@@ -158,7 +186,8 @@ def run_comparison(data: str = "digits", seed: int = 42, out: Optional[str] = No
     table's rows; also writes comparison.md / .csv / .json in `out`."""
     from .train import parse_config
     from .training.runs import train_or_reuse
-    keys = list(KEYS if models is None else models)
+    keys = list(PAPER_KEYS if models is None else models)
+    keys = [k for key in keys for k in GROUPS.get(key, [key])]
     unknown = [k for k in keys if k not in KEYS]
     if unknown:
         raise ConfigError(f"unknown model(s) {', '.join(map(repr, unknown))} for the comparison; choose "
@@ -167,6 +196,10 @@ def run_comparison(data: str = "digits", seed: int = 42, out: Optional[str] = No
     if "expost" in keys and not any(k in XVAE_KEYS for k in keys):
         raise ConfigError("the ex-post reference row comes from the X-VAE rows' stage-1 autoencoder; "
                           "select at least one X-VAE row (e.g. --models matched,expost)")
+    for key, (source, _) in DERIVED.items():
+        if key in keys and source not in keys:
+            raise ConfigError(f"the {key} row evaluates the {source} row's run; select it too (e.g. "
+                              f"--models {source},{key})")
     out = out or os.path.join("runs", f"compare-{data.split(':')[0]}-seed{seed}")
     os.makedirs(out, exist_ok=True)
     rows: List[Dict[str, Any]] = []
@@ -175,8 +208,15 @@ def run_comparison(data: str = "digits", seed: int = 42, out: Optional[str] = No
     # and its EM fit), or of the single Gaussian when only `single` ran
     expost_src: Optional[Tuple[str, Dict[str, Any]]] = None
     expost_mixture = False
+    trained: Dict[str, Tuple[str, Dict[str, Any]]] = {}
     for key in keys:
-        if key == "expost":
+        if key in DERIVED:
+            source = DERIVED[key][0]
+            if source not in trained:      # the source row failed
+                rows.append(_row(key, None, "", f"no {source} run"))
+                continue
+            row = _derived_row(key, *trained[source])
+        elif key == "expost":
             if expost_src is None:     # every X-VAE row failed
                 rows.append(_row(key, None, "", "no stage 1"))
                 continue
@@ -202,6 +242,7 @@ def run_comparison(data: str = "digits", seed: int = 42, out: Optional[str] = No
             if is_xvae and (expost_src is None or (key != "single" and not expost_mixture)):
                 expost_src, expost_mixture = (run_dir, summary), key != "single"
             row = _row(key, summary, run_dir, "reused" if status == "done" else "trained")
+            trained[key] = (run_dir, summary)
             if verbose:
                 print(f"[compare] {key}: {status}, test objective {summary['test']['loss']:.4g} "
                       f"({time.time() - t0:.1f} s)", file=sys.stderr, flush=True)
@@ -220,29 +261,39 @@ def _fmt(v) -> str:
 
 def to_markdown(rows: List[Dict[str, Any]], data: str, seed: int) -> str:
     done = [r for r in rows if r.get("test_objective") is not None]
-    best = min((r["test_objective"] for r in done), default=None)
+    # objectives compare only within one likelihood (and its units): bold the best per likelihood,
+    # and say each row's when the rows differ (the related systems bring their own)
+    liks = {r.get("likelihood") for r in done}
+    mixed = len(liks) > 1
+    best = {lk: min(r["test_objective"] for r in done if r.get("likelihood") == lk) for lk in liks}
     units = next((r.get("units") for r in done if r.get("units")), "the likelihood's units")
     lik = next((r.get("likelihood") for r in done if r.get("likelihood")), None)
-    lines = [f"# Baselines and X-VAE on {data} (seed {seed})", "",
-             "Final-epoch objective per example (reconstruction, the negative log-likelihood of "
-             f"`--likelihood {lik}` summed over the example, plus KL; in {units}), as in the paper's "
-             "Tables 1 and 9: train and test objective, and the test reconstruction and KL terms; lowest "
-             "test objective in bold. Trainable parameters of the generative model, total and prior, as "
-             "in the paper's Table 4.", "",
-             "| Model | train | test | recon | KL | params total | params prior |",
-             "|---|---|---|---|---|---|---|"]
+    what = (f"`--likelihood {lik}` summed over the example, plus KL; in {units}" if not mixed else
+            "each row's likelihood (column `likelihood`; the units differ, so compare objectives only "
+            "within one likelihood), plus the row's regulariser")
+    lines = [f"# Models on {data} (seed {seed})", "",
+             f"Final-epoch objective per example (reconstruction, the negative log-likelihood of {what}), "
+             "as in the paper's Tables 1 and 9: train and test objective, and the test reconstruction and "
+             "KL terms; lowest test objective in bold" + (" per likelihood" if mixed else "") + ". "
+             "Trainable parameters of the generative model, total and prior, as in the paper's Table 4.",
+             "", "| Model | train | test | recon | KL | params total | params prior |"
+             + (" likelihood |" if mixed else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if mixed else "")]
     for r in rows:
+        tail = f" {r.get('likelihood') or ''} |" if mixed else ""
         if r.get("test_objective") is None:
             if r["key"] == "expost" and r.get("params_total") is not None:
-                lines.append(f"| {r['name']} | | | | | {r['params_total']} | 0 |")
+                lines.append(f"| {r['name']} | | | | | {r['params_total']} | 0 |" + tail)
+            elif r["key"] in DERIVED and r["status"].startswith("from"):
+                lines.append(f"| {r['name']} ({r['status']}; no objective of its own) | | | | | | |" + tail)
             else:
-                lines.append(f"| {r['name']} | {r['status']} | | | | | |")
+                lines.append(f"| {r['name']} | {r['status']} | | | | | |" + tail)
             continue
         test = _fmt(r["test_objective"])
-        if best is not None and r["test_objective"] == best:
+        if r["test_objective"] == best.get(r.get("likelihood")):
             test = f"**{test}**"
         lines.append(f"| {r['name']} | {_fmt(r['train_objective'])} | {test} | {_fmt(r['test_recon'])} | "
-                     f"{_fmt(r['test_kl'])} | {r['params_total']} | {r['params_prior']} |")
+                     f"{_fmt(r['test_kl'])} | {r['params_total']} | {r['params_prior']} |" + tail)
     stage1 = next((r["stage1_params"] for r in rows if r.get("stage1_params")), None)
     lines += ["",
               "KL: the X-VAE mixture rows give their --kl objective (tight by default: Lemma 1 at the "
@@ -251,6 +302,13 @@ def to_markdown(rows: List[Dict[str, Any]], data: str, seed: int) -> str:
               "log q(z|x) - log p(z), which can be negative. Prior parameters: VampPrior "
               "pseudo-inputs, the MoG mixture, the hierarchical conditional prior network, the GM-VAE "
               "per-cluster prior heads; X-VAE's fitted prior is a frozen buffer (0)."]
+    if any(r["model"] == "twostage" for r in done):
+        lines.append("Two-Stage VAE: stage 1's objective on x (Gaussian with the learned variance gamma: "
+                     "a density, negative once gamma is small); its prior parameters are the stage-2 VAE.")
+    if any(r["model"] == "uae" for r in done):
+        lines.append("UAE family: paper 003's objective (the code form by default: squared error of the "
+                     "mean decoded image averaged over pixels, plus the weighted regulariser and gradient "
+                     "penalty), no KL column; samples come from the full-covariance mixture fitted ex post.")
     if stage1:
         lines.append(f"X-VAE also pretrains a stage-1 autoencoder ({stage1} parameters), shared by its "
                      "rows and not counted, as in the paper's Table 4; the ex-post reference is that "
@@ -268,6 +326,8 @@ def _table2(rows: List[Dict[str, Any]]) -> str:
     cols = [("Rec↓", "rec", min), (f"{label} samples↓", "fd_samples", min),
             (f"{label} recon↓", "fd_recon", min), ("precision↑", "precision", max),
             ("recall↑", "recall", max)]
+    if any(r.get("fd_interp") is not None for r in ev):
+        cols.insert(3, (f"{label} interp↓", "fd_interp", min))
     if any(r.get("fid_samples") is not None for r in ev):
         cols += [("FID↓", "fid_samples", min), ("FID recon↓", "fid_recon", min), ("IS↑", "is_mean", max)]
     if any(r.get("in_modes") is not None for r in ev):
@@ -299,6 +359,8 @@ def _table2(rows: List[Dict[str, Any]]) -> str:
               "reconstructions to real test data in the features of a classifier trained on the "
               "dataset's labels, offline (not Inception FID); precision / recall: k-NN manifolds (k = 3) "
               "in the same features; best per column in bold."
+              + (" Interp (UAE family): the FD of decoded slerp midpoints of random real pairs." if any(
+                  r.get("fd_interp") is not None for r in ev) else "")
               + (f" X-VAE mixture rows generate with {routing} routing (their --routing)." if routing
                  else "")
               + (" In modes: fraction of samples within 3 std of a cluster mode; per-mode shares: each "
@@ -337,8 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "model (the VAE stage; default per dataset, as xvae_fast.train)")
     p.add_argument("--epochs-ae", type=int, default=None, metavar="N", help="X-VAE stage-1 epochs "
                    "(default per dataset)")
-    p.add_argument("--models", default=",".join(KEYS), metavar="LIST", help="comma-separated subset "
-                   f"of: {', '.join(KEYS)} (default: all)")
+    p.add_argument("--models", default="paper", metavar="LIST", help="comma-separated rows or groups: "
+                   f"{', '.join(KEYS)}; groups paper (the paper's tables: the baselines, every X-VAE "
+                   "configuration and the ex-post reference; default), related (the Two-Stage VAE and "
+                   "the UAE family, docs/models.md), all")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the runs and the tables "
                    "(default runs/compare-<data>-seed<seed>)")
     p.add_argument("--quick", action="store_true", help="a tiny budget (240 examples, 1 epoch per "

@@ -13,33 +13,20 @@ from typing import Any, Dict, List, Optional, Union
 
 from .data.spec import DEFAULTS, parse_dataset_spec
 from .errors import ConfigError
-from .plans import PRESETS, Plan
+from .plans import Plan
 from .functional import ROUTINGS
 from .models.likelihood import LIKELIHOODS
+from .models import RECIPES, get_recipe
 from .models.vae import KL_OBJECTIVES
+from .models.xvae import PLAN_NAMES, PRIOR_FITS  # noqa: F401  (re-exported for callers of the config)
+from .config_io import load_config_file  # noqa: F401  (re-exported: train.py and the tests read files)
 
-MODELS = ("xvae", "vae", "vamp", "hierarchical", "mog", "gmvae")
+# --model: the registered model recipes (models/protocol.py), X-VAE first
+MODELS = ("xvae",) + tuple(n for n in RECIPES if n != "xvae")
 # The paper's baselines (Section 3, Tables 1-4): trained end to end with a learned or fixed prior, no
 # stage 1 and no prior fit (see docs/baselines.md).
 BASELINES = ("vae", "vamp", "hierarchical", "mog", "gmvae")
-LEARNED_PRIOR_MODELS = ("vamp", "hierarchical", "mog", "gmvae")
-GUMBEL_ANNEAL = ("exp", "linear", "none")
-# Per-dataset defaults of the baselines' sizes. VampPrior pseudo-inputs: paper Table 5 (MNIST 200,
-# CelebA 32); the bundled digits (1437 training images) get 50 and the 2-D clusters 10. Mixture
-# components of the MoG prior and clusters of the GM-VAE: 10 (paper Table 4's prior counts, 1.3k on
-# MNIST and 5.1k on CelebA, are 10 components), 3 on the three-mode clusters.
-BASELINE_DEFAULTS = {
-    "digits": dict(pseudo_inputs=50, mog_components=10, gmvae_clusters=10),
-    "clusters": dict(pseudo_inputs=10, mog_components=3, gmvae_clusters=3),
-    "mnist": dict(pseudo_inputs=200, mog_components=10, gmvae_clusters=10),
-    "celeba": dict(pseudo_inputs=32, mog_components=10, gmvae_clusters=10),
-    "images": dict(pseudo_inputs=32, mog_components=10, gmvae_clusters=10),
-    "npy": dict(pseudo_inputs=50, mog_components=10, gmvae_clusters=10),
-}
-# which model uses which size option (the others are set to None when resolved)
-BASELINE_OPTIONS = {"pseudo_inputs": "vamp", "mog_components": "mog", "gmvae_clusters": "gmvae",
-                    "hier_top": "hierarchical"}
-PLAN_NAMES = ("single",) + PRESETS
+LEARNED_PRIOR_MODELS = tuple(n for n, r in RECIPES.items() if r.learned_prior)
 STAGE2_INITS = ("ae", "random")
 METHOD_PRESETS = ("default", "paper")
 # The stage-2 method choices (SPEC Revision 2). `paper` is the paper read literally (Eq. 18, plan
@@ -57,7 +44,6 @@ DEFAULT_LIKELIHOOD = {"digits": "bernoulli", "mnist": "bernoulli", "celeba": "ga
 # checkpoint's config is read, so such runs still resume and sample.
 LEGACY_VALUES = dict(preset="paper", kl="paper", stage2_init="random", routing="per-coordinate",
                      likelihood="mse", gamma_min=0.0)
-PRIOR_FITS = ("auto", "em", "single")
 AMP = ("none", "bf16")
 SCHEDULES = ("none", "cosine")
 
@@ -108,6 +94,22 @@ class TrainConfig:
     gumbel_tau_end: float = 0.5              # gmvae: temperature after the anneal
     gumbel_anneal: str = "exp"               # gmvae: exp, linear or none
     gumbel_anneal_steps: int = 0             # gmvae: steps of the anneal (0: the whole training)
+    # related systems (docs/models.md); each option is used by one --model only
+    arch: str = "library"                    # twostage, uae: library nets, or the paper's (SPEC-related 3.2/4.2)
+    epochs_stage2: Optional[int] = None      # twostage: stage-2 epochs (default 2x --epochs-vae)
+    stage2_latent: Optional[int] = None      # twostage: size of u (default K)
+    stage2_width: int = 256                  # twostage: stage-2 MLP width (paper 1024)
+    stage2_depth: int = 3                    # twostage: stage-2 MLP depth
+    stage2_input: str = "sampled"            # twostage: sampled (fresh z each step) | mean (ablation)
+    stage2_noise: bool = True                # twostage: generation adds the stage-2 decoder noise
+    uae_variant: str = "uae"                 # uae: vae | utvae | vae-w | utvae-w | uae | rae-gp
+    uae_form: str = "code"                   # uae: code (authors' reductions) | paper (Eqs. 8-12)
+    uae_points: int = 8                      # uae: K sigma points (or samples) per example
+    uae_heuristic: str = "random"            # uae: random | random-pairs | top-pairs
+    uae_kappa: float = 1e-3                  # uae: sigma-point spread kappa
+    uae_beta: Optional[float] = None         # uae: regulariser weight (default per form/variant)
+    uae_gamma: Optional[float] = None        # uae: gradient-penalty weight (default 1e-6)
+    expost_components: int = 10              # uae: full-covariance GMM components of the ex-post sampler
     # prior fit (stage 1 -> 2)
     prior_fit: str = "auto"
     em_n_init: int = 3
@@ -194,32 +196,11 @@ class TrainConfig:
     @property
     def has_stage1(self) -> bool:
         """Only X-VAE pretrains an autoencoder; the baselines train end to end (stage 2 only)."""
-        return self.model == "xvae"
+        return get_recipe(self.model).pretrains_autoencoder
 
     @property
     def is_baseline(self) -> bool:
         return self.model in BASELINES
-
-
-def load_config_file(path: str) -> Dict[str, Any]:
-    """A YAML (.yaml/.yml) or JSON (.json) mapping of option names to values."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist")
-    with open(path, "r", encoding="utf-8") as f:
-        text = f.read()
-    try:
-        if path.lower().endswith(".json"):
-            data = json.loads(text)
-        else:
-            import yaml
-            data = yaml.safe_load(text)
-    except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError
-        raise ConfigError(f"could not parse config file {path!r}: {exc}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path!r} must hold a mapping of option names to values")
-    return data
 
 
 def save_config(cfg: TrainConfig, path: str) -> None:
@@ -237,41 +218,6 @@ def save_config(cfg: TrainConfig, path: str) -> None:
     os.replace(tmp, path)
 
 
-def _parse_plan(plan) -> Union[str, Dict[str, Any]]:
-    """A preset name, 'single', a Plan dict, or a path to a JSON/YAML file holding a Plan dict, or
-    inline JSON."""
-    if isinstance(plan, Plan):
-        return plan.to_dict()
-    if isinstance(plan, dict):
-        d = plan
-    elif isinstance(plan, str):
-        if plan in PLAN_NAMES:
-            return plan
-        text = plan.strip()
-        if text.startswith("{"):
-            try:
-                d = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"--plan looks like inline JSON but does not parse: {exc}") from exc
-        elif os.path.isfile(plan):
-            d = load_config_file(plan)
-        else:
-            raise ConfigError(f"unknown configuration (--plan) {plan!r}; choose one of "
-                              f"{', '.join(PLAN_NAMES)}, or give a JSON/YAML file with a custom "
-                              "per-coordinate plan ({'coordinates': [{'route':..., 'tie':..., "
-                              "'source':..., 'mode':...}, ...]})")
-    else:
-        raise ConfigError(f"--plan must be a name or a plan mapping, got {type(plan).__name__}")
-    if "coordinates" not in d or not isinstance(d["coordinates"], list):
-        raise ConfigError("a custom plan needs a 'coordinates' list, one entry per latent coordinate "
-                          "with keys route, tie, source, mode")
-    try:
-        p = Plan.from_dict(d)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid custom plan: {exc}") from exc
-    return p.to_dict()
-
-
 def _positive_int(cfg, name, minimum=1):
     v = getattr(cfg, name)
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
@@ -281,7 +227,9 @@ def _positive_int(cfg, name, minimum=1):
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill dataset defaults and validate; returns a new, complete TrainConfig."""
     spec = parse_dataset_spec(cfg.dataset)
-    defaults = DEFAULTS[spec.kind]
+    defaults = dict(DEFAULTS[spec.kind])
+    if cfg.model in RECIPES:   # a model's own per-dataset sizes and budgets win over the dataset's
+        defaults.update(get_recipe(cfg.model).dataset_defaults.get(spec.kind, {}))
     changes: Dict[str, Any] = {"dataset": str(spec)}
     for key in ("latent", "epochs_ae", "epochs_vae", "hidden", "image_size", "channels", "standardize",
                 "threads"):
@@ -306,26 +254,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.limit is not None:
         _positive_int(cfg, "limit", 2)
     cfg = _resolve_method(cfg, spec.kind)
-    if cfg.model != "xvae":
-        cfg = cfg.replace(plan=None, prior_fit="auto")
-    else:
-        plan = _parse_plan(cfg.plan)
-        cfg = cfg.replace(plan=plan)
-        if isinstance(plan, dict) and len(plan["coordinates"]) != cfg.latent:
-            raise ConfigError(f"the custom plan has {len(plan['coordinates'])} coordinates but the "
-                              f"latent size (--latent) is {cfg.latent}")
-        if cfg.epochs_ae < 1 and cfg.stage1_from is None:
-            raise ConfigError("X-VAE needs a trained stage-1 autoencoder: --epochs-ae must be >= 1 "
-                              "(or reuse one with --stage1-from RUN_DIR)")
-    if cfg.prior_fit not in PRIOR_FITS:
-        raise ConfigError(f"--prior-fit must be one of {PRIOR_FITS}, got {cfg.prior_fit!r}")
-    if cfg.model == "xvae":
-        if cfg.plan == "single" and cfg.prior_fit == "em":
-            raise ConfigError("plan 'single' uses the single-Gaussian prior; --prior-fit em needs a "
-                              "mixture plan")
-        if cfg.plan != "single" and cfg.prior_fit == "single":
-            raise ConfigError(f"plan {cfg.plan_name!r} routes over a C = K mixture prior; "
-                              "--prior-fit single is only for --plan single")
+    cfg = _resolve_model_options(cfg, spec.kind)
     if cfg.amp not in AMP:
         raise ConfigError(f"--amp must be one of {AMP}, got {cfg.amp!r}")
     if cfg.lr_schedule not in SCHEDULES:
@@ -349,7 +278,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.hidden is not None and not (isinstance(cfg.hidden, list) and cfg.hidden
                                        and all(isinstance(h, int) and h > 0 for h in cfg.hidden)):
         raise ConfigError(f"hidden must be a non-empty list of positive layer sizes, got {cfg.hidden!r}")
-    cfg = _resolve_baseline_options(cfg, spec.kind)
     if cfg.channels is not None and cfg.channels not in (1, 3):
         raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {cfg.channels!r}")
     return cfg
@@ -369,9 +297,15 @@ def _resolve_method(cfg: TrainConfig, kind: str) -> TrainConfig:
     choices = dict(METHOD_CHOICES[cfg.preset])
     if choices["likelihood"] is None:
         choices["likelihood"] = DEFAULT_LIKELIHOOD[kind]
+    recipe = get_recipe(cfg.model) if cfg.model in RECIPES else None
+    if recipe is not None and recipe.likelihoods is not None:
+        choices["likelihood"] = recipe.likelihoods[0]   # the model's own likelihood, whatever the preset
     changes = {k: v for k, v in choices.items() if getattr(cfg, k) is None}
     cfg = cfg.replace(**changes)
     _choice(cfg, "likelihood", LIKELIHOODS)
+    if recipe is not None and recipe.likelihoods is not None and cfg.likelihood not in recipe.likelihoods:
+        raise ConfigError(f"--model {cfg.model} uses --likelihood {' or '.join(recipe.likelihoods)} "
+                          f"({recipe.likelihood_reason}), got --likelihood {cfg.likelihood}")
     g = cfg.gamma_min
     if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g < float("inf"):
         raise ConfigError(f"--gamma-min must be a non-negative number, got {g!r}")
@@ -389,37 +323,15 @@ def _resolve_method(cfg: TrainConfig, kind: str) -> TrainConfig:
                        stage2_init=cfg.stage2_init if xvae else None)
 
 
-def _resolve_baseline_options(cfg: TrainConfig, kind: str) -> TrainConfig:
-    """Fill the chosen baseline's size from the dataset defaults, validate it, and clear the size
-    options of the other models (so a saved config names only what the run uses)."""
-    changes: Dict[str, Any] = {}
-    for name, model in BASELINE_OPTIONS.items():
-        if cfg.model != model:
-            changes[name] = None
-        elif getattr(cfg, name) is None and name in BASELINE_DEFAULTS[kind]:
-            changes[name] = BASELINE_DEFAULTS[kind][name]
-    if cfg.model == "hierarchical" and cfg.hier_top is None:
-        changes["hier_top"] = max(1, cfg.latent // 2)
-    cfg = cfg.replace(**changes)
-    for name, model in BASELINE_OPTIONS.items():
-        if cfg.model == model and getattr(cfg, name) is not None:
-            _positive_int(cfg, name)
-    if cfg.model == "hierarchical":
-        if cfg.latent < 2:
-            raise ConfigError("--model hierarchical splits the latent into two levels and needs "
-                              f"--latent >= 2, got {cfg.latent}")
-        if cfg.hier_top is not None and cfg.hier_top >= cfg.latent:
-            raise ConfigError(f"--hier-top must be smaller than the latent size {cfg.latent} (the rest "
-                              f"is the bottom level), got {cfg.hier_top}")
-    _positive_int(cfg, "hier_hidden")
-    _positive_int(cfg, "gumbel_anneal_steps", 0)
-    if cfg.gumbel_anneal not in GUMBEL_ANNEAL:
-        raise ConfigError(f"--gumbel-anneal must be one of {GUMBEL_ANNEAL}, got {cfg.gumbel_anneal!r}")
-    for name in ("gumbel_tau_start", "gumbel_tau_end"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
-            raise ConfigError(f"{name} must be a positive number, got {v!r}")
-    if cfg.gumbel_tau_end > cfg.gumbel_tau_start:
-        raise ConfigError(f"the Gumbel-Softmax temperature anneals downwards: --gumbel-tau-end "
-                          f"({cfg.gumbel_tau_end}) must be <= --gumbel-tau-start ({cfg.gumbel_tau_start})")
-    return cfg
+def _resolve_model_options(cfg: TrainConfig, kind: str) -> TrainConfig:
+    """The chosen model's recipe fills and validates its own options; the options other models own
+    go back to their defaults, so a saved config names only what the run uses."""
+    recipe = get_recipe(cfg.model)
+    defaults = TrainConfig()
+    owned = set(recipe.options)
+    others = {k for name, r in RECIPES.items() if name != cfg.model for k in r.options} - owned
+    cfg = cfg.replace(**{k: getattr(defaults, k) for k in others})
+    if cfg.arch not in recipe.archs:
+        raise ConfigError(f"--arch {cfg.arch!r} is not available for --model {cfg.model}; it takes "
+                          f"{', '.join(recipe.archs)}")
+    return recipe.resolve_options(cfg, kind)

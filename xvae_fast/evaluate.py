@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--expost", action=argparse.BooleanOptionalAction, default=None,
                    help="also evaluate the run's ex-post reference (its stage-1 autoencoder decoding "
                    "per-row samples of the fitted prior; eval_expost.json/.md), the row every two-stage "
-                   "model must beat (default: on for X-VAE runs)")
+                   "model must beat (default: on for X-VAE runs). A Two-Stage VAE run also gets its "
+                   "stage-1-only sampling (eval_stage1.json); --no-expost skips every reference")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--quiet", action="store_true", help="print only the result table")
     return p
@@ -128,11 +129,21 @@ def options_from_args(args):
                        figures=not args.no_figures, progress=not args.no_progress, log=log)
 
 
-def _has_stage1(run: str) -> bool:
-    """True when the run is an X-VAE run past its prior fit (it has an ex-post reference)."""
+def _references(run: str) -> List[str]:
+    """The reference samplers evaluated beside a run by default: X-VAE's ex-post reference (a run past
+    its prior fit), the Two-Stage VAE's stage-1-only sampling."""
+    from .config import TrainConfig
+    from .models import get_recipe
     from .training import checkpoint as ckpt
     ck = ckpt.load_checkpoint(run)
-    return ck["models"].get("ae") is not None and ck.get("prior") is not None
+    refs = []
+    if ck["models"].get("ae") is not None and ck.get("prior") is not None:
+        refs.append("expost")
+    try:
+        refs += list(get_recipe(TrainConfig.from_saved(ck["config"]).model).reference_samplers)
+    except (ValueError, XVAEError):
+        pass
+    return refs
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -144,10 +155,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         report = evaluate_run(args.run, opts)
         paths = write_report(report, figures=opts.figures)
         references = []
-        if args.expost or (args.expost is None and _has_stage1(args.run)):
-            ref = evaluate_run(args.run, dataclasses.replace(opts, model="expost", figures=False))
-            write_report(ref, figures=False, json_name="eval_expost.json", md_name="eval_expost.md")
-            references.append(ref)
+        if args.expost is not False:
+            names = _references(args.run)
+            if args.expost and "expost" not in names:
+                names.insert(0, "expost")  # asked for: evaluate_run says why a run has none
+            for name in names:
+                ref = evaluate_run(args.run, dataclasses.replace(opts, model=name, figures=False))
+                write_report(ref, figures=False, json_name=f"eval_{name}.json", md_name=f"eval_{name}.md")
+                references.append(ref)
     except XVAEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

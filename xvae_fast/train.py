@@ -17,6 +17,8 @@ examples:
   python -m xvae_fast.train --dataset clusters --plan full --out runs/clusters-full
   python -m xvae_fast.train --dataset clusters --model vae --out runs/clusters-vae
   python -m xvae_fast.train --model vamp --pseudo-inputs 50   # a baseline (docs/baselines.md)
+  python -m xvae_fast.train --model twostage                   # Two-Stage VAE (docs/models.md)
+  python -m xvae_fast.train --model uae --uae-variant utvae    # Unscented AE ablation (docs/models.md)
   python -m xvae_fast.compare --data digits --out runs/compare-digits   # all baselines + X-VAE
   python -m xvae_fast.train --dataset mnist:data/mnist --download --plan split-1/3 --device cuda
   python -m xvae_fast.train --dataset celeba:data/celeba --plan k1-pq-np --amp bf16 --device cuda
@@ -27,7 +29,8 @@ examples:
 configurations (--plan, SPEC.md): single, full, interleaved, split-2/3, split-1/3, k1-pp-np,
 k1-pq-np, k1-pp-nq, k1-pq-nq, matched, or a JSON/YAML file {"coordinates": [{"route": "prior", "tie":
 "none", "source": "prior", "mode": "transport"}, ...]} with one entry per latent coordinate.
-models (--model): xvae, vae, vamp, hierarchical, mog, gmvae (docs/baselines.md).
+models (--model): xvae, vae, vamp, hierarchical, mog, gmvae (docs/baselines.md), twostage, uae
+(docs/models.md).
 A run folder holds config.yaml (the full resolved config; pass it back with --config to repeat the
 run), checkpoint.pt, metrics.csv/json, curves.png, reconstructions.png, samples.png,
 samples_per_row.png, alpha_sweep.png, samples.npy, prior_fit.json, summary.json and train.log.
@@ -65,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", choices=list(MODELS), help="xvae (two-stage X-VAE, default), or a baseline "
                    "of the paper trained end to end without stage 1: vae (standard VAE, N(0, I) prior), "
                    "vamp (VampPrior), hierarchical (two-level ladder VAE), mog (learned mixture prior), "
-                   "gmvae (Gumbel-Softmax GM-VAE); see docs/baselines.md")
+                   "gmvae (Gumbel-Softmax GM-VAE), or a related system: twostage (Two-Stage VAE), uae "
+                   "(Unscented Autoencoder); see docs/baselines.md and docs/models.md")
     g.add_argument("--plan", metavar="NAME|FILE", help="X-VAE configuration: single, full, interleaved, "
                    "split-2/3, split-1/3, k1-pp-np, k1-pq-np, k1-pp-nq, k1-pq-nq, matched, or a custom plan "
                    "file (default: from --preset)")
@@ -108,6 +112,36 @@ def build_parser() -> argparse.ArgumentParser:
                    "schedule over the global step (default exp: tau = max(end, start*exp(-r*step)))")
     g.add_argument("--gumbel-anneal-steps", type=int, metavar="N", help="gmvae: steps to reach the end "
                    "temperature (default 0: the whole training)")
+    g = p.add_argument_group("related systems (docs/models.md)")
+    g.add_argument("--arch", choices=["library", "paper"], help="twostage, uae: the library's nets "
+                   "(default) or the paper's architecture (SPEC-related 3.2 / 4.2; 28x28, 32x32, 64x64)")
+    g.add_argument("--epochs-stage2", type=int, metavar="N", help="twostage: epochs of the second VAE, "
+                   "on the frozen stage-1 codes (default 2x --epochs-vae)")
+    g.add_argument("--stage2-latent", type=int, metavar="U", help="twostage: size of the stage-2 latent u "
+                   "(default K)")
+    g.add_argument("--stage2-width", type=int, metavar="W", help="twostage: width of the stage-2 MLP "
+                   "(default 256; the paper 1024)")
+    g.add_argument("--stage2-depth", type=int, metavar="L", help="twostage: hidden layers of the "
+                   "stage-2 encoder and decoder (default 3)")
+    g.add_argument("--stage2-input", choices=["sampled", "mean"], help="twostage: stage 2 trains on "
+                   "z ~ q(z|x) redrawn every step (sampled, the paper) or on its mean (the ablation)")
+    g.add_argument("--stage2-noise", action=argparse.BooleanOptionalAction, help="twostage: generation "
+                   "adds the stage-2 decoder noise (default on, the authors' code)")
+    g.add_argument("--uae-variant", choices=["vae", "utvae", "vae-w", "utvae-w", "uae", "rae-gp"],
+                   help="uae: the ablation family of paper 003 (default uae: sigma points, mean-image "
+                   "reconstruction, Wasserstein term, decoder gradient penalty)")
+    g.add_argument("--uae-form", choices=["code", "paper"], help="uae: the authors' code reductions "
+                   "(default; MSE mean, unsquared norms) or the paper's Eqs. 8-12")
+    g.add_argument("--uae-points", type=int, metavar="K", help="uae: sigma points (or samples) per "
+                   "example (default 8)")
+    g.add_argument("--uae-heuristic", choices=["random", "random-pairs", "top-pairs"], help="uae: "
+                   "which sigma points a step uses (default random)")
+    g.add_argument("--uae-kappa", type=float, metavar="KAPPA", help="uae: sigma-point spread (default 1e-3)")
+    g.add_argument("--uae-beta", type=float, metavar="B", help="uae: regulariser weight (default "
+                   "2.5e-4; rae-gp 1e-4)")
+    g.add_argument("--uae-gamma", type=float, metavar="G", help="uae: gradient-penalty weight (default 1e-6)")
+    g.add_argument("--expost-components", type=int, metavar="C", help="uae: components of the "
+                   "full-covariance GMM fitted on the training means (default 10)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs-ae", type=int, metavar="N", help="stage-1 epochs (default per dataset)")
     g.add_argument("--epochs-vae", type=int, metavar="N", help="stage-2 epochs (default per dataset)")

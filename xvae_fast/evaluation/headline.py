@@ -20,6 +20,8 @@ def headline_metrics(report: Dict[str, Any]) -> Dict[str, Any]:
     for fd in ("fd_lenet", "fd_mlp", "fd_data"):
         if fd in m:
             out.update(fd_name=fd, fd_samples=m[fd]["samples"]["value"], fd_recon=m[fd]["recon"]["value"])
+            if "interp" in m[fd]:
+                out["fd_interp"] = m[fd]["interp"]["value"]
     for pr in ("pr_lenet", "pr_mlp", "pr_data"):
         if pr in m:
             out.update(precision=m[pr]["precision"], recall=m[pr]["recall"])

@@ -15,6 +15,8 @@ def model_name(report: Dict[str, Any]) -> str:
     model, plan = report.get("model"), report.get("plan")
     if model == "expost":
         return "ex-post reference (stage-1 AE + fitted prior)"
+    if model == "stage1":
+        return "twostage, stage-1-only sampling (z ~ N(0, I))"
     return str(model) if not plan or plan in (model, "standard") else f"{model} ({plan})"
 
 

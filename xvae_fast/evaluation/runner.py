@@ -24,7 +24,7 @@ METRICS = ("rec", "fd", "pr", "fid", "is")
 DEFAULT_METRICS = ("rec", "fd", "pr")
 ALIASES = {"all": METRICS, "default": DEFAULT_METRICS, "offline": DEFAULT_METRICS,
            "inception": ("fid", "is")}
-RECON_SEED_OFFSET, REAL_RECON_SEED_OFFSET, SAMPLE_SEED_OFFSET = 11, 12, 13
+RECON_SEED_OFFSET, REAL_RECON_SEED_OFFSET, SAMPLE_SEED_OFFSET, INTERP_SEED_OFFSET = 11, 12, 13, 14
 N_SCATTER = 600     # points per alpha in the scatter plots of vector data
 
 
@@ -124,7 +124,10 @@ def _uses_routing(vae) -> bool:
             and getattr(getattr(vae, "prior", None), "num_components", 1) > 1)
 
 
-MODELS = ("vae", "expost")
+# vae: the trained model; expost: X-VAE's ex-post reference; stage1: the Two-Stage VAE's stage-1-only
+# sampling (z ~ N(0, I) decoded by stage 1), the reference its second stage must beat
+MODELS = ("vae", "expost", "stage1")
+REFERENCE_PLANS = {"expost": "stage-1 AE + fitted prior", "stage1": "two-stage VAE, stage-1 decoder on N(0, I)"}
 
 
 @torch.no_grad()
@@ -165,6 +168,19 @@ def reconstruct(vae, ds_or_x, seed: int, batch: int, device, progress: bool = Fa
             if is_tensor:
                 recons.append(xh.cpu())
     return (torch.cat(recons) if is_tensor else None), torch.cat(sse)
+
+
+@torch.no_grad()
+def interpolate_pairs(model, x: torch.Tensor, seed: int, batch: int, device) -> torch.Tensor:
+    """model.interpolate(x[i], x[perm[i]], 0.5) for a seeded random pairing of the rows of x."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(x.shape[0], generator=g)
+    out = []
+    for s in range(0, x.shape[0], batch):
+        a = x[s:s + batch].float().to(device)
+        b = x[perm[s:s + batch]].float().to(device)
+        out.append(model.interpolate(a, b, 0.5).float().cpu())
+    return torch.cat(out)
 
 
 def _log_fn(opts: EvalOptions):
@@ -216,6 +232,14 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
     if opts.model == "expost":
         from ..training import load_expost
         cfg, info, vae, _ = load_expost(run, opts.device)
+    elif opts.model != "vae":
+        from ..training import load_recipe
+        cfg, info, recipe, _ = load_recipe(run, opts.device)
+        samplers = recipe.reference_models()
+        if opts.model not in samplers:
+            raise ConfigError(f"run {run!r} ({cfg.model}) has no {opts.model!r} reference sampler; "
+                              f"it has {', '.join(samplers) or 'none'}")
+        vae = samplers[opts.model]
     else:
         from ..training import load_run
         cfg, info, vae, _ = load_run(run, opts.device)
@@ -382,6 +406,19 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
                     "value": frechet_distance(*real_stats[sp.key], *gaussian_stats(f), eps=proto.eps),
                     "n_real": m, "n_recon": m}
             timings["recon_features"] = time.time() - t
+            if hasattr(vae, "interpolate"):   # the UAE's spherical midpoints of random real pairs
+                t = time.time()
+                interp = interpolate_pairs(vae, x_real, proto.seed + INTERP_SEED_OFFSET,
+                                           proto.gen_batch_size, dev)
+                interp_seen = as_seen(interp, "interp")
+                for sp in fd_spaces:
+                    f, _ = sp.fn(interp_seen, False)
+                    results[sp.fd_key]["interp"] = {
+                        "value": frechet_distance(*real_stats[sp.key], *gaussian_stats(f), eps=proto.eps),
+                        "n_real": m, "n_interp": int(interp.shape[0]), "t": 0.5,
+                        "description": "decoded slerp midpoints of the posterior means of random pairs "
+                                       "of the real examples (paper 003's Interp)"}
+                timings["interp_features"] = time.time() - t
 
         # -- samples per alpha ------------------------------------------------------------------
         per_alpha: Dict[float, Dict[str, Any]] = {a: {} for a in alphas}
@@ -457,9 +494,8 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
     report = {
         "run": os.path.abspath(run), "out": os.path.abspath(out), "xvae_fast_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "model": "expost" if opts.model == "expost" else getattr(cfg, "model", None),
-        "plan": ("stage-1 AE + fitted prior" if opts.model == "expost"
-                 else getattr(cfg, "plan_name", None)),
+        "model": opts.model if opts.model != "vae" else getattr(cfg, "model", None),
+        "plan": (REFERENCE_PLANS[opts.model] if opts.model != "vae" else getattr(cfg, "plan_name", None)),
         "evaluated": opts.model,
         "dataset": info.name, "data_kind": info.kind, "shape": list(info.shape),
         "device": str(dev), "threads": threads, "metrics_requested": list(metrics),

@@ -1,51 +1,34 @@
 """Models: the stage-1 autoencoder, the stage-2 VAE / X-VAE, the paper's baselines (VampPrior,
-hierarchical, MoG prior, GM-VAE; docs/baselines.md) and their shared architectures."""
+hierarchical, MoG prior, GM-VAE; docs/baselines.md), the related systems (Two-Stage VAE, Unscented
+Autoencoder; docs/models.md) and their shared architectures. Each model family registers a recipe
+(models/protocol.py) that the trainer drives; importing the modules below registers them, in the
+order `--model` lists them."""
 from __future__ import annotations
 
 from .architectures import build_body, build_decoder
 from .autoencoder import Autoencoder
 from .baseline import BaselineVAE
 from .expost import ExPostModel
-from .gmvae import GMVAE, gumbel_temperature
-from .hierarchical import HierarchicalVAE
 from .likelihood import LIKELIHOODS, Likelihood, build_likelihood
-from .mog import MoGPriorVAE
 from .ops import get_ops, ops_name
+from .protocol import RECIPES, ModelRecipe, Stage, TensorRows, build_recipe, get_recipe, register
+from .xvae import XVAERecipe
 from .vae import VAE
 from .vamp import VampPriorVAE
+from .hierarchical import HierarchicalVAE
+from .mog import MoGPriorVAE
+from .gmvae import GMVAE, gumbel_temperature
+from .twostage import TwoStageVAE
+from .uae import UnscentedAE
 
 
 def build_models(cfg, info, ops=None):
-    """(autoencoder or None, vae) for a resolved TrainConfig and the data's DataInfo. Each model gets
-    its own instance of the run's likelihood (a learned variance is a parameter of its model)."""
-    hidden = cfg.hidden or (128, 128)
-    kind, shape, K = info.kind, info.shape, cfg.latent
-
-    def lik():
-        return build_likelihood(cfg.likelihood or "mse", kind, cfg.gamma_min or 0.0)
-
-    ae = Autoencoder(kind, shape, K, hidden, likelihood=lik()) if cfg.has_stage1 else None
-    common = dict(hidden=hidden, ops=ops, likelihood=lik())
-    if cfg.model == "vamp":
-        return ae, VampPriorVAE(kind, shape, K, cfg.pseudo_inputs, **common)
-    if cfg.model == "mog":
-        return ae, MoGPriorVAE(kind, shape, K, cfg.mog_components, **common)
-    if cfg.model == "hierarchical":
-        return ae, HierarchicalVAE(kind, shape, K, cfg.hier_top, cfg.hier_hidden, **common)
-    if cfg.model == "gmvae":
-        return ae, GMVAE(kind, shape, K, cfg.gmvae_clusters, cfg.gumbel_tau_start, cfg.gumbel_tau_end,
-                         cfg.gumbel_anneal, cfg.gumbel_anneal_steps, **common)
-    if cfg.model == "vae":
-        mode, plan = "standard", None
-    elif cfg.plan == "single":
-        mode, plan = "single", None
-    else:
-        mode, plan = "mixture", cfg.build_plan()
-    vae = VAE(kind, shape, K, mode, plan, kl=cfg.kl or "paper", routing=cfg.routing or "per-row",
-              **common)
-    return ae, vae
+    """(autoencoder or None, generative model) for a resolved TrainConfig and the data's DataInfo."""
+    recipe = build_recipe(cfg, info, ops)
+    return recipe.autoencoder, recipe.generative
 
 
 __all__ = ["Autoencoder", "VAE", "BaselineVAE", "VampPriorVAE", "HierarchicalVAE", "MoGPriorVAE",
            "GMVAE", "ExPostModel", "Likelihood", "LIKELIHOODS", "build_likelihood", "build_models",
-           "build_body", "build_decoder", "get_ops", "gumbel_temperature", "ops_name"]
+           "build_body", "build_decoder", "get_ops", "gumbel_temperature", "ops_name", "RECIPES",
+           "ModelRecipe", "Stage", "TensorRows", "build_recipe", "get_recipe", "register", "XVAERecipe", "UnscentedAE", "TwoStageVAE"]

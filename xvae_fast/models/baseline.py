@@ -26,6 +26,7 @@ from ..functional import ROUTINGS
 from .architectures import build_body, build_decoder
 from .likelihood import Likelihood, SquaredError
 from .ops import get_ops
+from .protocol import ModelRecipe, positive_int_option
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -173,3 +174,31 @@ class MixturePriorVAE(BaselineVAE):
     def sample_latent(self, n: int, alpha: float = 1.0, generator=None) -> torch.Tensor:
         lw, m, lv = self.prior_components()
         return sample_diag_mixture(self.ops, lw.exp(), m, torch.exp(0.5 * lv), n, alpha, generator)
+
+
+class SizedPriorRecipe(ModelRecipe):
+    """Recipe of a learned-prior baseline with one size option (`size_option`, e.g. the number of
+    pseudo-inputs) whose default depends on the dataset kind (`SIZES`); `make(size)` builds the model."""
+    size_option = ""
+    SIZES: Dict[str, int] = {}
+    learned_prior = True
+
+    @classmethod
+    def resolve_options(cls, cfg, kind):
+        if getattr(cfg, cls.size_option) is None:
+            cfg = cfg.replace(**{cls.size_option: cls.SIZES[kind]})
+        positive_int_option(cfg, cls.size_option)
+        return cls.resolve_more(cfg, kind)
+
+    @classmethod
+    def resolve_more(cls, cfg, kind):
+        return cfg
+
+    def make(self, size: int) -> BaselineVAE:
+        raise NotImplementedError
+
+    def build(self):
+        return {"ae": None, "vae": self.make(getattr(self.cfg, self.size_option))}
+
+    def common(self) -> Dict:
+        return dict(hidden=self.hidden, ops=self.ops, likelihood=self.likelihood())

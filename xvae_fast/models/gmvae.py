@@ -27,7 +27,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from .baseline import BaselineVAE, log_normal, reparameterize, sample_diag_mixture
+from .baseline import BaselineVAE, SizedPriorRecipe, log_normal, reparameterize, sample_diag_mixture
+from .protocol import choice_option, positive_float_option, positive_int_option, register
 
 ANNEALS = ("exp", "linear", "none")
 
@@ -126,3 +127,29 @@ class GMVAE(BaselineVAE):
         w = torch.full((self.clusters,), 1.0 / self.clusters, dtype=m.dtype, device=m.device)
         return sample_diag_mixture(self.ops, w, m, torch.exp(0.5 * self.prior_logvars.float()), n, alpha,
                                    generator)
+
+
+@register
+class GMVAERecipe(SizedPriorRecipe):
+    name = "gmvae"
+    title = "GM-VAE (Gumbel-Softmax)"
+    options = ("gmvae_clusters", "gumbel_tau_start", "gumbel_tau_end", "gumbel_anneal", "gumbel_anneal_steps")
+    size_option = "gmvae_clusters"
+    SIZES = {"digits": 10, "clusters": 3, "mnist": 10, "celeba": 10, "images": 10, "npy": 10}
+
+    @classmethod
+    def resolve_more(cls, cfg, kind):
+        from ..errors import ConfigError
+        positive_int_option(cfg, "gumbel_anneal_steps", 0)
+        choice_option(cfg, "gumbel_anneal", ANNEALS)
+        positive_float_option(cfg, "gumbel_tau_start")
+        positive_float_option(cfg, "gumbel_tau_end")
+        if cfg.gumbel_tau_end > cfg.gumbel_tau_start:
+            raise ConfigError(f"the Gumbel-Softmax temperature anneals downwards: --gumbel-tau-end "
+                              f"({cfg.gumbel_tau_end}) must be <= --gumbel-tau-start ({cfg.gumbel_tau_start})")
+        return cfg
+
+    def make(self, size):
+        i, c = self.info, self.cfg
+        return GMVAE(i.kind, i.shape, c.latent, size, c.gumbel_tau_start, c.gumbel_tau_end, c.gumbel_anneal,
+                     c.gumbel_anneal_steps, **self.common())

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .baseline import BaselineVAE, gaussian_kl_diag, reparameterize
+from .protocol import ModelRecipe, positive_int_option, register
 
 
 class HierarchicalVAE(BaselineVAE):
@@ -90,3 +91,32 @@ class HierarchicalVAE(BaselineVAE):
         mu_p, lv_p = self.conditional_prior(z2)
         z1 = mu_p + alpha * torch.exp(0.5 * lv_p) * torch.randn(mu_p.shape, device=dev, generator=generator)
         return torch.cat([z1, z2], 1)
+
+
+@register
+class HierarchicalRecipe(ModelRecipe):
+    name = "hierarchical"
+    title = "Hierarchical VAE"
+    options = ("hier_top", "hier_hidden")
+    learned_prior = True
+
+    @classmethod
+    def resolve_options(cls, cfg, kind):
+        from ..errors import ConfigError
+        if cfg.latent < 2:
+            raise ConfigError("--model hierarchical splits the latent into two levels and needs "
+                              f"--latent >= 2, got {cfg.latent}")
+        if cfg.hier_top is None:
+            cfg = cfg.replace(hier_top=max(1, cfg.latent // 2))
+        positive_int_option(cfg, "hier_top")
+        positive_int_option(cfg, "hier_hidden")
+        if cfg.hier_top >= cfg.latent:
+            raise ConfigError(f"--hier-top must be smaller than the latent size {cfg.latent} (the rest "
+                              f"is the bottom level), got {cfg.hier_top}")
+        return cfg
+
+    def build(self):
+        i, c = self.info, self.cfg
+        return {"ae": None, "vae": HierarchicalVAE(i.kind, i.shape, c.latent, c.hier_top, c.hier_hidden,
+                                                   hidden=self.hidden, ops=self.ops,
+                                                   likelihood=self.likelihood())}

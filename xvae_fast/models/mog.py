@@ -15,7 +15,8 @@ from typing import Iterable, Sequence, Tuple
 import torch
 from torch import nn
 
-from .baseline import MixturePriorVAE
+from .baseline import MixturePriorVAE, SizedPriorRecipe
+from .protocol import register
 
 
 class MoGPriorVAE(MixturePriorVAE):
@@ -42,3 +43,17 @@ class MoGPriorVAE(MixturePriorVAE):
         """(log_weights (C,), means (C, K), log_vars (C, K)) of the learned mixture, float32."""
         return (torch.log_softmax(self.prior_logits.float(), 0), self.prior_means.float(),
                 self.prior_logvars.float())
+
+
+@register
+class MoGRecipe(SizedPriorRecipe):
+    name = "mog"
+    title = "Standard MoG VAE"
+    options = ("mog_components",)
+    size_option = "mog_components"
+    # paper Table 4's prior counts (1.3k on MNIST, 5.1k on CelebA) are 10 components; 3 on the clusters
+    SIZES = {"digits": 10, "clusters": 3, "mnist": 10, "celeba": 10, "images": 10, "npy": 10}
+
+    def make(self, size):
+        i = self.info
+        return MoGPriorVAE(i.kind, i.shape, self.cfg.latent, size, **self.common())

@@ -31,6 +31,7 @@ from ..prior import MixturePrior
 from .architectures import build_body, build_decoder
 from .likelihood import Likelihood, SquaredError
 from .ops import get_ops
+from .protocol import ModelRecipe, register
 
 MODES = ("mixture", "single", "standard")
 KL_OBJECTIVES = ("paper", "tight", "mixture")
@@ -179,3 +180,15 @@ class VAE(nn.Module):
             raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
         z = self.ops.sample_prior(self._require_prior(), n, alpha, routing, generator=generator)
         return self.decode(z.float()).float()
+
+
+@register
+class StandardVAERecipe(ModelRecipe):
+    """`--model vae`: the standard VAE with the N(0, I) prior, trained end to end (no stage 1)."""
+    name = "vae"
+    title = "standard VAE (N(0, I) prior)"
+
+    def build(self):
+        i, c = self.info, self.cfg
+        return {"ae": None, "vae": VAE(i.kind, i.shape, c.latent, "standard", None, hidden=self.hidden,
+                                       ops=self.ops, likelihood=self.likelihood(), routing="per-row")}

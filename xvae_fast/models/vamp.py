@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .baseline import MixturePriorVAE, uniform_log_weights
+from .baseline import MixturePriorVAE, SizedPriorRecipe, uniform_log_weights
+from .protocol import register
 
 
 class VampPriorVAE(MixturePriorVAE):
@@ -55,3 +56,17 @@ class VampPriorVAE(MixturePriorVAE):
         """(log_weights (C,), means (C, K), log_vars (C, K)): the posteriors at the pseudo-inputs."""
         _, m, lv = self.encode(self.pseudo_inputs())
         return uniform_log_weights(m.shape[0], m), m, lv
+
+
+@register
+class VampRecipe(SizedPriorRecipe):
+    name = "vamp"
+    title = "VampPrior VAE"
+    options = ("pseudo_inputs",)
+    size_option = "pseudo_inputs"
+    # paper Table 5: MNIST 200, CelebA 32; the bundled digits (1437 images) 50, the 2-D clusters 10
+    SIZES = {"digits": 50, "clusters": 10, "mnist": 200, "celeba": 32, "images": 32, "npy": 50}
+
+    def make(self, size):
+        i = self.info
+        return VampPriorVAE(i.kind, i.shape, self.cfg.latent, size, **self.common())

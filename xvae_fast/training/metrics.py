@@ -84,8 +84,12 @@ def table_row(summary: Dict) -> str:
     def f(v: Optional[float]) -> str:
         return "-" if v is None else f"{v:.4g}"
     row = (f"{summary['model_name']}: train {f(tr.get('loss'))}  test {f(te.get('loss'))}  recon "
-           f"{f(te.get('recon'))}  KL {f(te.get('kl'))} (categorical {f(te.get('kl_cat'))}, "
-           f"Gaussian {f(te.get('kl_gauss'))})")
+           f"{f(te.get('recon'))}")
+    if "kl" in te:
+        row += (f"  KL {f(te.get('kl'))} (categorical {f(te.get('kl_cat'))}, "
+                f"Gaussian {f(te.get('kl_gauss'))})")
+    row += "".join(f"  {k} {f(v)}" for k, v in te.items() if k not in ("loss", "recon", "kl", "kl_cat",
+                                                                      "kl_gauss"))
     if summary.get("likelihood"):
         row += f"; likelihood {summary['likelihood']}, objective in {summary.get('objective_units')}"
     params = summary.get("params")

@@ -20,11 +20,11 @@ N_SWEEP_POINTS = 600
 N_CLUSTER_SAMPLES = 2000
 
 
-def _title(key: str, alpha: float) -> str:
+def _title(key: str, alpha: float, routed: bool = True) -> str:
     if key == "expost":
         return (f"ex-post reference: stage-1 AE decoding prior samples, alpha={alpha:g}, per-row "
                 "routing")
-    return f"samples, alpha={alpha:g}, {key} routing"
+    return f"samples, alpha={alpha:g}, {key} routing" if routed else f"samples, alpha={alpha:g}"
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
@@ -42,15 +42,16 @@ def write_outputs(tr) -> Dict[str, Any]:
     if ae is not None:
         ae.eval()
     title = f"{tr.model_name} on {info.name}"
-    plot_curves(tr.history, os.path.join(out, "curves.png"), title)
+    stages = [(s.name, s.label, s.terms) for s in tr.stages if s.kind == "train"]
+    plot_curves(tr.history, os.path.join(out, "curves.png"), title, stages)
     files["curves"] = "curves.png"
 
-    mixture = vae.mode == "mixture"
+    mixture = getattr(vae, "mode", None) == "mixture"
     primary = getattr(vae, "routing", None) or "per-row"
     routings = [primary] + ([r for r in ("per-row", "per-coordinate") if r != primary] if mixture else [])
     sample_sets = list(routings)      # routings, then the ex-post reference of an X-VAE run
     expost = None
-    if ae is not None and vae.prior is not None:
+    if ae is not None and getattr(vae, "prior", None) is not None:
         from ..models import ExPostModel
         expost = ExPostModel(ae, vae.prior, "per-row", vae.ops)
         sample_sets.append("expost")
@@ -96,14 +97,14 @@ def write_outputs(tr) -> Dict[str, Any]:
                         "test reconstructions")
         for key in sample_sets:
             name = file_name(key)
-            save_image_grid(samples[key], os.path.join(out, name), nrow=8, title=_title(key, cfg.alpha))
+            save_image_grid(samples[key], os.path.join(out, name), nrow=8, title=_title(key, cfg.alpha, mixture or key == 'expost'))
             files[f"samples_{key}"] = name
         sweep = []
         for a in cfg.alphas:
             g = _generator(dev, seed + 2)
             sweep.append(info.to_data_space(vae.generate(N_SWEEP_IMAGES, a, primary, g)))
         save_image_rows(sweep, [f"alpha={a:g}" for a in cfg.alphas], os.path.join(out, "alpha_sweep.png"),
-                        f"alpha sweep (same noise, {primary} routing)")
+                        "alpha sweep (same noise" + (f", {primary} routing)" if mixture else ")"))
     else:
         data_np = info.to_data_space(x).numpy()
         sets = [data_np, info.to_data_space(xv).numpy()]
@@ -116,7 +117,7 @@ def write_outputs(tr) -> Dict[str, Any]:
         for key in sample_sets:
             name = file_name(key)
             save_scatter([data_np, samples[key].numpy()], ["data (test)", "samples"],
-                         os.path.join(out, name), _title(key, cfg.alpha))
+                         os.path.join(out, name), _title(key, cfg.alpha, mixture or key == 'expost'))
             files[f"samples_{key}"] = name
         # the model's density: the same decoded means with the likelihood's noise added
         noise = _generator(dev, seed + 3)
@@ -130,7 +131,7 @@ def write_outputs(tr) -> Dict[str, Any]:
             g = _generator(dev, seed + 2)
             sweep.append(info.to_data_space(vae.generate(N_SWEEP_POINTS, a, primary, g)).numpy())
         save_scatter(sweep, [f"alpha={a:g}" for a in cfg.alphas], os.path.join(out, "alpha_sweep.png"),
-                     f"alpha sweep ({primary} routing)", panels=True, reference=data_np)
+                     "alpha sweep" + (f" ({primary} routing)" if mixture else ""), panels=True, reference=data_np)
         if "centres" in info.extra:
             c, s = info.extra["centres"], info.extra["stds"]
             result["clusters"] = {

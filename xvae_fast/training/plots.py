@@ -24,39 +24,50 @@ def _series(history: List[Dict], stage: str, key: str):
     return xs, ys
 
 
-def plot_curves(history: List[Dict], path: str, title: str = "") -> None:
-    """Stage-2 training curves: total / reconstruction / KL (with its categorical and Gaussian
-    parts) against epoch, train and test; the stage-1 autoencoder's reconstruction in a fourth
-    panel when there is one."""
+def _panels(stages) -> List[tuple]:
+    """(stage, term, title) per panel: the last train stage first (the model's objective), then the
+    earlier ones; the KL's categorical and Gaussian parts share the KL panel, and a stage whose loss
+    is its reconstruction (the autoencoder) gets the one panel."""
+    panels = []
+    for stage, label, terms in reversed(list(stages)):
+        shown = [t for t in terms if t not in ("kl_cat", "kl_gauss")]
+        if tuple(terms) == ("loss", "recon"):
+            shown = ["recon"]
+        for t in shown:
+            name = {"loss": "total objective", "recon": "reconstruction", "kl": "KL"}.get(t, t)
+            panels.append((stage, t, f"{label}: {name}"))
+    return panels
+
+
+def plot_curves(history: List[Dict], path: str, title: str = "", stages=None) -> None:
+    """Training curves per train stage against epoch, train and test: `stages` is a list of (stage
+    name, label, terms) (default: X-VAE's, `ae` then `vae`; stages without history are left out)."""
     plt = _plt()
-    has_ae = any(r.get("stage") == "ae" for r in history)
-    ncols = 4 if has_ae else 3
-    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.4))
-    panels = [("total objective", "loss"), ("reconstruction (MSE, sum)", "recon"), ("KL", "kl")]
-    for ax, (name, key) in zip(axes, panels):
+    if stages is None:
+        stages = [("ae", "stage-1 AE", ("loss", "recon")),
+                  ("vae", "VAE", ("loss", "recon", "kl", "kl_cat", "kl_gauss"))]
+    stages = [s for s in stages if any(r.get("stage") == s[0] for r in history)]
+    panels = _panels(stages) or [("vae", "loss", "total objective")]
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax, (stage, key, name) in zip(axes.flat, panels):
         for split, style in (("train", "-"), ("test", "--")):
-            xs, ys = _series(history, "vae", f"{split}_{key}")
+            xs, ys = _series(history, stage, f"{split}_{key}")
             if xs:
                 ax.plot(xs, ys, style, marker="o", ms=2.5, label=split)
         if key == "kl":
             for part, color in (("kl_cat", "tab:green"), ("kl_gauss", "tab:red")):
-                xs, ys = _series(history, "vae", f"train_{part}")
+                xs, ys = _series(history, stage, f"train_{part}")
                 if xs and any(abs(y) > 0 for y in ys):
                     ax.plot(xs, ys, ":", color=color, label=f"train {part[3:]}")
-        ax.set_title(name)
-        ax.set_xlabel("epoch (stage 2)")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(f"epoch ({stage})")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if has_ae:
-        ax = axes[3]
-        for split, style in (("train", "-"), ("test", "--")):
-            xs, ys = _series(history, "ae", f"{split}_recon")
-            if xs:
-                ax.plot(xs, ys, style, marker="o", ms=2.5, label=split)
-        ax.set_title("stage 1 autoencoder (MSE, sum)")
-        ax.set_xlabel("epoch (stage 1)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -1,13 +1,14 @@
-"""The two-stage X-VAE trainer.
+"""The trainer: drives a model's recipe (models/protocol.py, docs/models.md) stage by stage.
 
-Stages (the checkpoint records which one a run is in):
-  ae       stage 1: deterministic autoencoder, MSE (sum per example), Adam
+Each model family lists its stages; the checkpoint records which one a run is in. X-VAE's are
+  ae       stage 1: deterministic autoencoder, the likelihood's negative log-likelihood, Adam
   prior    fit the frozen prior on the stage-1 latents of the training set (single or EM mixture)
   vae      stage 2: the VAE with the frozen prior and the chosen configuration; loss = recon + KL
+then every model ends with
   outputs  reconstructions, samples, alpha sweep, curves, summary (Table 1 form)
   done
-The standard VAE (`--model vae`) starts at `vae` with the N(0, I) prior; so do the other baselines
-(`vamp`, `hierarchical`, `mog`, `gmvae`; docs/baselines.md), whose priors are learned with the model.
+The baselines (`vae`, `vamp`, `hierarchical`, `mog`, `gmvae`; docs/baselines.md) have the one stage
+`vae`; the Two-Stage VAE and the Unscented Autoencoder have their own (docs/models.md).
 
 Repeatability: every random draw comes from the seeded global torch RNG (model initialisation and
 the latent noise of the ops) or the seeded shuffling generator; checkpoints store both, with the
@@ -31,21 +32,15 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..config import LEARNED_PRIOR_MODELS, RUNTIME_KEYS, TrainConfig, resolve, save_config
+from ..config import RUNTIME_KEYS, TrainConfig, resolve, save_config
 from ..data import DataBundle, DataInfo, describe, load_dataset, parse_dataset_spec
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
-from ..models import build_models, get_ops, ops_name
 from ..prior import MixturePrior
-from ..prior_fit import describe_fit, fit_mixture, fit_single
+from ..models import Stage, build_recipe, get_ops, ops_name
 from . import checkpoint as ckpt
 from .metrics import TensorBoardLogger, table_row, write_json, write_metrics
 
-TERMS_AE = ("loss", "recon")
-TERMS_VAE = ("loss", "recon", "kl", "kl_cat", "kl_gauss")
 EVAL_SEED_OFFSET = 1_000_003
-MODEL_NAMES = {"vae": "standard VAE (N(0, I) prior)", "vamp": "VampPrior VAE",
-               "hierarchical": "Hierarchical VAE", "mog": "Standard MoG VAE",
-               "gmvae": "GM-VAE (Gumbel-Softmax)"}
 
 
 class _Stopped(Exception):
@@ -126,26 +121,20 @@ class Trainer:
         self.data: DataBundle = load_dataset(cfg)
         self.info: DataInfo = self.data.info
         self._check_likelihood_data()
-        self.ae, self.vae = build_models(cfg, self.info, self.ops)
-        if hasattr(self.vae, "set_total_steps"):  # schedules over the training (GM-VAE temperature)
-            self.vae.set_total_steps(cfg.epochs_vae * self._steps_per_epoch())
-        if self.ae is not None:
-            self.ae.to(self.device)
-        self.vae.to(self.device)
-        self.opt = {"vae": torch.optim.Adam(self.vae.parameters(), lr=cfg.lr)}
-        if self.ae is not None:
-            self.opt["ae"] = torch.optim.Adam(self.ae.parameters(), lr=cfg.lr)
-        self.sched = {k: self._make_scheduler(k) for k in self.opt}
+        self.recipe = build_recipe(cfg, self.info, self.ops).to(self.device)
+        self.recipe.set_total_steps(self._steps_per_epoch())  # schedules over the training
+        self.stages: List[Stage] = self.recipe.stages()
+        train_stages = [s for s in self.stages if s.kind == "train"]
+        self.opt = {s.name: self.recipe.make_optimizer(s) for s in train_stages}
+        self.sched = {s.name: self._make_scheduler(s) for s in train_stages}
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch_shuffle_state = self.shuffle.get_state()
-        self.stage = "ae" if cfg.has_stage1 else "vae"
+        self.stage = self.stages[0].name
         self.epoch = 0          # epochs completed in the current stage
         self.batch = 0          # batches completed in the current epoch
         self.step = 0           # optimizer steps over both stages
         self.history: List[Dict[str, Any]] = []
         self.running: Dict[str, float] = {}
-        self.prior_report: Optional[Dict[str, Any]] = None
-        self.stage1_source: Optional[str] = None
         self.last_checkpoint_step: Optional[int] = None
         self.t_start = time.time()
         if self.resume_ck is not None:
@@ -155,8 +144,7 @@ class Trainer:
         else:
             save_config(cfg.replace(stop_after=0, overwrite=False, resume=None, config=None),
                         os.path.join(self.run_dir, "config.yaml"))
-            if cfg.stage1_from and cfg.has_stage1:
-                self._load_stage1(cfg.stage1_from)
+            self.recipe.on_new_run(self)
         self.log(f"data {describe(self.data)}; model {self.model_name}; ops {ops_name(self.ops)}; "
                  f"device {self.device}")
 
@@ -175,10 +163,18 @@ class Trainer:
                     raise ConfigError(msg)
 
     @property
+    def ae(self):
+        """The stage-1 autoencoder (X-VAE), None for the other models."""
+        return self.recipe.autoencoder
+
+    @property
+    def vae(self):
+        """The generative model: what the outputs, `sample` and `evaluate` use."""
+        return self.recipe.generative
+
+    @property
     def model_name(self) -> str:
-        if self.cfg.model in MODEL_NAMES:
-            return MODEL_NAMES[self.cfg.model]
-        return f"X-VAE ({self.cfg.plan_name})"
+        return getattr(self.recipe, "display_name", None) or self.recipe.title
 
     def log(self, msg: str) -> None:
         line = f"[xvae_fast] {msg}"
@@ -242,62 +238,62 @@ class Trainer:
     def _steps_per_epoch(self) -> int:
         return max(1, math.ceil(len(self.data.train) / self.cfg.batch_size))
 
-    def _make_scheduler(self, stage: str):
+    def _make_scheduler(self, stage: Stage):
         if self.cfg.lr_schedule == "none":
             return None
-        epochs = self.cfg.epochs_ae if stage == "ae" else self.cfg.epochs_vae
-        total = max(1, epochs * self._steps_per_epoch())
-        return torch.optim.lr_scheduler.CosineAnnealingLR(self.opt[stage], T_max=total)
+        total = max(1, stage.epochs * self._steps_per_epoch())
+        return torch.optim.lr_scheduler.CosineAnnealingLR(self.opt[stage.name], T_max=total)
 
-    def _load_stage1(self, source: str) -> None:
-        """Reuse the trained autoencoder of another run (skip stage 1; the prior is refitted)."""
+    # -- services for the recipes -------------------------------------------------------------------
+    def read_run(self, source: str):
+        """(checkpoint, its TrainConfig, checkpoint path) of another run folder."""
         ck = ckpt.load_checkpoint(source)
-        src = TrainConfig.from_saved(ck["config"])
-        path = ckpt.checkpoint_path(source)
-        if src.model != "xvae" or ck["models"].get("ae") is None:
-            raise ConfigError(f"--stage1-from {source!r}: that run has no stage-1 autoencoder")
-        src_stage_done = ck["stage"] in ("prior", "vae", "outputs", "done")
-        if not src_stage_done:
-            raise ConfigError(f"--stage1-from {source!r}: that run has not finished stage 1 "
-                              f"(it is at stage {ck['stage']!r}); resume it first")
-        if src.latent != self.cfg.latent:
-            raise ConfigError(f"latent size mismatch between stages: the stage-1 autoencoder in "
-                              f"{source!r} has latent size {src.latent}, but this run's VAE has "
-                              f"--latent {self.cfg.latent}; the AE and VAE must share K")
-        if src.dataset != self.cfg.dataset or tuple(ck["data_info"]["shape"]) != self.info.shape:
-            raise ConfigError(f"--stage1-from {source!r} was trained on {src.dataset} "
-                              f"{tuple(ck['data_info']['shape'])}, not {self.cfg.dataset} "
-                              f"{self.info.shape}")
-        if src.likelihood != self.cfg.likelihood:
-            raise ConfigError(f"--stage1-from {source!r}: that autoencoder was trained with --likelihood "
-                              f"{src.likelihood}, this run uses --likelihood {self.cfg.likelihood}; the "
-                              "stages share one likelihood (pass the same --likelihood)")
-        ckpt.load_state(self.ae, ck["models"]["ae"], "stage-1 autoencoder", path)
-        self.history = [r for r in ck["history"] if r.get("stage") == "ae"]
-        self.stage = "prior"
-        self.stage1_source = os.path.abspath(source)
-        self.log(f"stage 1: reusing the autoencoder of {source}")
+        return ck, TrainConfig.from_saved(ck["config"]), ckpt.checkpoint_path(source)
+
+    @staticmethod
+    def load_module_state(module, state, what: str, path: str) -> None:
+        ckpt.load_state(module, state, what, path)
+
+    def write_json(self, obj, name: str) -> None:
+        write_json(obj, os.path.join(self.run_dir, name))
+
+    @torch.no_grad()
+    def encode(self, fn, split: str = "train", data=None) -> torch.Tensor:
+        """fn(batch) for every example of a split (or of `data`), in order, batched, in eval mode with
+        the recipe's modules, concatenated on the CPU as float32."""
+        ds = data if data is not None else (self.data.train if split == "train" else self.data.test)
+        n = len(ds)
+        out = []
+        modules = [m for m in self.recipe.modules.values() if m is not None]
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            for x in self._batches(ds, torch.arange(n), 0, max(1, math.ceil(n / self.cfg.batch_size))):
+                with self._autocast():
+                    out.append(fn(x.to(self.device)).float().cpu())
+        finally:
+            for m, mode in zip(modules, modes):
+                m.train(mode)
+        return torch.cat(out)
 
     # -- checkpoints --------------------------------------------------------------------------------
     def _checkpoint_dict(self) -> Dict[str, Any]:
         shuffle_state = self.epoch_shuffle_state if self.batch > 0 else self.shuffle.get_state()
-        prior = None
-        if self.vae.prior is not None:
-            p = self.vae.prior
-            prior = {"weights": p.weights.cpu(), "means": p.means.cpu(), "stds": p.stds.cpu()}
-        return {
+        ck = {
             "format": ckpt.FORMAT, "version": ckpt.VERSION, "xvae_fast_version": __version__,
             "torch_version": str(torch.__version__),
             "config": self.cfg.to_dict(), "stage": self.stage, "epoch": self.epoch,
             "batch": self.batch, "step": self.step,
-            "models": {"ae": self.ae.state_dict() if self.ae is not None else None,
-                       "vae": self.vae.state_dict()},
+            "models": {k: (m.state_dict() if m is not None else None)
+                       for k, m in self.recipe.modules.items()},
             "optimizers": {k: o.state_dict() for k, o in self.opt.items()},
             "schedulers": {k: (s.state_dict() if s is not None else None) for k, s in self.sched.items()},
-            "prior": prior, "prior_fit": self.prior_report, "stage1_source": self.stage1_source,
             "rng": ckpt.capture_rng(shuffle_state),
             "data_info": self.info.to_dict(), "history": self.history, "running": dict(self.running),
         }
+        ck.update(self.recipe.state())     # the model's own entries: a fitted prior, frozen codes ...
+        return ck
 
     def save_checkpoint(self) -> str:
         path = os.path.join(self.run_dir, ckpt.CHECKPOINT)
@@ -311,16 +307,10 @@ class Trainer:
         if shape != self.info.shape or ck["data_info"]["kind"] != self.info.kind:
             raise CheckpointError(f"checkpoint {path!r} was trained on {ck['data_info']['kind']} data of "
                                   f"shape {shape}, but the data now has shape {self.info.shape}")
-        if ck["prior"] is not None:
-            p = ck["prior"]
-            try:
-                prior = MixturePrior(p["weights"], p["means"], p["stds"])
-                self.vae.set_prior(prior)
-            except ValueError as exc:
-                raise CheckpointError(f"checkpoint {path!r} holds an unusable prior: {exc}") from exc
-        if self.ae is not None:
-            ckpt.load_state(self.ae, ck["models"]["ae"], "autoencoder", path)
-        ckpt.load_state(self.vae, ck["models"]["vae"], "VAE", path)
+        self.recipe.load_state(ck, path)
+        for name, module in self.recipe.modules.items():
+            if module is not None:
+                ckpt.load_state(module, ck["models"].get(name), _MODULE_WHAT.get(name, name), path)
         for k, o in self.opt.items():
             state = ck["optimizers"].get(k)
             if state is None:
@@ -336,8 +326,6 @@ class Trainer:
         self.stage, self.epoch, self.batch, self.step = ck["stage"], ck["epoch"], ck["batch"], ck["step"]
         self.history = list(ck["history"])
         self.running = dict(ck["running"])
-        self.prior_report = ck.get("prior_fit")
-        self.stage1_source = ck.get("stage1_source")
         state = ckpt.restore_rng(ck["rng"])
         self.shuffle.set_state(state)
         self.epoch_shuffle_state = state
@@ -361,84 +349,84 @@ class Trainer:
                                              pin_memory=self.device.type == "cuda")
         yield from loader
 
-    def _nonfinite(self, stage: str, values: Dict[str, float], what: str) -> NonFiniteLossError:
+    def _train_index(self, stage: Stage) -> int:
+        return [s.name for s in self.stages if s.kind == "train"].index(stage.name) + 1
+
+    def _nonfinite(self, stage: Stage, values: Dict[str, float], what: str) -> NonFiniteLossError:
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         last = (f"the last good checkpoint is {os.path.join(self.run_dir, ckpt.CHECKPOINT)} (step "
                 f"{self.last_checkpoint_step})" if self.last_checkpoint_step is not None
                 else "no checkpoint was written before it")
         vals = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-        diag = {"stage": stage, "epoch": self.epoch + 1, "batch": self.batch + 1, "step": self.step + 1,
+        diag = {"stage": stage.name, "epoch": self.epoch + 1, "batch": self.batch + 1, "step": self.step + 1,
                 "terms": values, "non_finite": bad, "what": what,
                 "last_checkpoint_step": self.last_checkpoint_step}
-        msg = (f"non-finite {what} in stage {'1 (autoencoder)' if stage == 'ae' else '2 (VAE)'} at "
+        msg = (f"non-finite {what} in stage {self._train_index(stage)} ({stage.label}) at "
                f"step {self.step + 1} (epoch {self.epoch + 1}, batch {self.batch + 1}): "
                f"{', '.join(bad) or what} is NaN/inf [{vals}]; {last}. Try a lower --lr or "
                "--grad-clip, or check the data for extreme values")
         return NonFiniteLossError(msg, diag)
 
-    def _set_model_step(self, model) -> None:
-        """Step-dependent schedules of a model (the GM-VAE's Gumbel temperature) are functions of the
-        global optimizer step, so a resumed run continues them exactly."""
-        hook = getattr(model, "set_step", None)
-        if hook is not None:
-            hook(self.step)
-
-    def _train_step(self, stage: str, model, x: torch.Tensor) -> Dict[str, float]:
-        terms_names = TERMS_AE if stage == "ae" else TERMS_VAE
-        opt = self.opt[stage]
-        self._set_model_step(model)
+    def _train_step(self, stage: Stage, x: torch.Tensor) -> Dict[str, float]:
+        opt = self.opt[stage.name]
+        self.recipe.set_step(self.step)
         with self._autocast():
-            terms = model.loss(x)
-        vec = torch.stack([terms[k].detach().float() for k in terms_names]).cpu()
-        values = dict(zip(terms_names, vec.tolist()))
+            terms = self.recipe.loss(stage, x)
+        vec = torch.stack([terms[k].detach().float() for k in stage.terms]).cpu()
+        values = dict(zip(stage.terms, vec.tolist()))
         if not bool(torch.isfinite(vec).all()):
             raise self._nonfinite(stage, values, "loss")
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
+        params = [p for g in opt.param_groups for p in g["params"]]
         if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         opt.step()
-        sched = self.sched[stage]
+        sched = self.sched[stage.name]
         if sched is not None:
             sched.step()
-        params = [p for p in model.parameters()]
         if not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
-            bad = next(n for n, p in model.named_parameters() if not torch.isfinite(p).all())
+            module = self.recipe.stage_module(stage)
+            bad = next((n for n, p in module.named_parameters() if not torch.isfinite(p).all()), "?")
             raise self._nonfinite(stage, values, f"weights after the update ({bad})")
         return values
 
     @torch.no_grad()
-    def evaluate(self, stage: str, ds) -> Dict[str, float]:
-        """Average loss terms over `ds` (in order, fixed noise seed; the training RNG is untouched)."""
-        model = self.ae if stage == "ae" else self.vae
-        names = TERMS_AE if stage == "ae" else TERMS_VAE
-        sums = {k: 0.0 for k in names}
+    def evaluate(self, stage, split: str = "test") -> Dict[str, float]:
+        """Average loss terms of a train stage over a split (in order, fixed noise seed; the training
+        RNG is untouched)."""
+        if isinstance(stage, str):
+            stage = self.recipe.stage(stage)
+        ds = self.recipe.stage_data(stage, split, self.data)
+        module = self.recipe.stage_module(stage)
+        sums = {k: 0.0 for k in stage.terms}
         n = len(ds)
         order = torch.arange(n)
         nb = max(1, math.ceil(n / self.cfg.batch_size))
         devices = [self.device] if self.device.type == "cuda" else []
-        self._set_model_step(model)
+        self.recipe.set_step(self.step)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.seed + EVAL_SEED_OFFSET)
-            model.eval()
-            for x in self._batches(ds, order, 0, nb):
-                x = x.to(self.device)
-                with self._autocast():
-                    terms = model.loss(x)
-                for k in names:
-                    sums[k] += float(terms[k]) * x.shape[0]
-            model.train()
+            module.eval()
+            try:
+                for x in self._batches(ds, order, 0, nb):
+                    x = x.to(self.device)
+                    with torch.enable_grad() if stage_needs_grad(self.recipe, stage) else _nullctx():
+                        with self._autocast():
+                            terms = self.recipe.loss(stage, x)
+                    for k in stage.terms:
+                        sums[k] += float(terms[k].detach()) * x.shape[0]
+            finally:
+                module.train()
         return {k: v / max(n, 1) for k, v in sums.items()}
 
-    def _train_stage(self, stage: str) -> None:
+    def _train_stage(self, stage: Stage) -> None:
         cfg = self.cfg
-        model = self.ae if stage == "ae" else self.vae
-        epochs = cfg.epochs_ae if stage == "ae" else cfg.epochs_vae
-        names = TERMS_AE if stage == "ae" else TERMS_VAE
-        ds = self.data.train
+        module = self.recipe.stage_module(stage)
+        epochs, names = stage.epochs, stage.terms
+        ds = self.recipe.stage_data(stage, "train", self.data)
         n, nb = len(ds), self._steps_per_epoch()
-        label = "AE" if stage == "ae" else "VAE"
-        model.train()
+        module.train()
         while self.epoch < epochs:
             t0 = time.time()
             self.epoch_shuffle_state = self.shuffle.get_state()
@@ -449,12 +437,12 @@ class Trainer:
             bar = None
             if cfg.progress:
                 from tqdm import tqdm
-                bar = tqdm(total=nb, initial=self.batch, desc=f"{label} epoch {self.epoch + 1}/{epochs}",
+                bar = tqdm(total=nb, initial=self.batch, desc=f"{stage.label} epoch {self.epoch + 1}/{epochs}",
                            leave=False, dynamic_ncols=True, file=sys.stderr, disable=None)
             try:
                 for x in self._batches(ds, order, self.batch, nb):
                     x = x.to(self.device, non_blocking=True)
-                    values = self._train_step(stage, model, x)
+                    values = self._train_step(stage, x)
                     b = x.shape[0]
                     for k in names:
                         self.running[k] += values[k] * b
@@ -474,87 +462,55 @@ class Trainer:
             finally:
                 if bar is not None:
                     bar.close()
-            self._end_epoch(stage, epochs, names, time.time() - t0)
+            self._end_epoch(stage, time.time() - t0)
 
-    def _end_epoch(self, stage: str, epochs: int, names, seconds: float) -> None:
+    def _end_epoch(self, stage: Stage, seconds: float) -> None:
         cfg = self.cfg
+        epochs, names = stage.epochs, stage.terms
         cnt = max(self.running.get("n", 0.0), 1.0)
-        record: Dict[str, Any] = {"stage": stage, "epoch": self.epoch + 1, "step": self.step,
-                                  "lr": self.opt[stage].param_groups[0]["lr"]}
+        record: Dict[str, Any] = {"stage": stage.name, "epoch": self.epoch + 1, "step": self.step,
+                                  "lr": self.opt[stage.name].param_groups[0]["lr"]}
         record.update({f"train_{k}": self.running[k] / cnt for k in names})
-        model = self.ae if stage == "ae" else self.vae
-        record.update(model.likelihood.stats())      # the learned variance (gaussian), per epoch
+        record.update(self.recipe.epoch_stats(stage))    # the learned variance (gaussian), per epoch
         last = self.epoch + 1 == epochs
         if last or (cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0):
-            record.update({f"test_{k}": v for k, v in self.evaluate(stage, self.data.test).items()})
+            record.update({f"test_{k}": v for k, v in self.evaluate(stage, "test").items()})
         record["time_s"] = round(seconds, 3)
         self.history.append(record)
         write_metrics(self.history, self.run_dir)
         if self.tb is not None:
             self.tb.log_epoch(record)
-        label = "AE" if stage == "ae" else "VAE"
         parts = " ".join(f"{k}={record[k]:.4g}" for k in record if k.startswith(("train_", "test_")))
         if "gamma" in record:
             parts += f" gamma={record['gamma']:.4g}" + (" (at the --gamma-min floor)"
                                                          if record["gamma_floor_binds"] else "")
-        self.log(f"{label} epoch {self.epoch + 1}/{epochs} step {self.step}: {parts}")
+        self.log(f"{stage.label} epoch {self.epoch + 1}/{epochs} step {self.step}: {parts}")
         self.epoch += 1
         self.batch = 0
         self.running = {}
         self.save_checkpoint()
 
-    # -- prior --------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_train(self) -> torch.Tensor:
-        ds = self.data.train
-        n = len(ds)
-        out = []
-        self.ae.eval()
-        for x in self._batches(ds, torch.arange(n), 0, max(1, math.ceil(n / self.cfg.batch_size))):
-            with self._autocast():
-                out.append(self.ae.encode(x.to(self.device)).float().cpu())
-        self.ae.train()
-        return torch.cat(out)
-
-    def fit_prior(self) -> None:
-        cfg = self.cfg
-        t0 = time.time()
-        z = self.encode_train()
-        if cfg.plan == "single":
-            fit = fit_single(z, cfg.em_var_floor)
-        else:
-            fit = fit_mixture(z, cfg.latent, seed=cfg.seed, n_init=cfg.em_n_init,
-                              max_iter=cfg.em_max_iter, tol=cfg.em_tol, var_floor=cfg.em_var_floor,
-                              weight_floor=cfg.em_weight_floor)
-        fit.report["seconds"] = round(time.time() - t0, 3)
-        try:
-            self.vae.set_prior(fit.prior)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        self.prior_report = fit.report
-        write_json(fit.report, os.path.join(self.run_dir, "prior_fit.json"))
-        self.log("prior: " + describe_fit(fit.report))
-        if not fit.report["converged"]:
-            self.log("warning: EM did not converge; the prior is the last iterate")
-
     # -- the run ------------------------------------------------------------------------------------
+    def _next_stage(self, stage: Stage) -> str:
+        names = [s.name for s in self.stages]
+        i = names.index(stage.name)
+        return names[i + 1] if i + 1 < len(names) else "outputs"
+
     def run(self) -> RunResult:
         try:
-            if self.stage == "ae":
-                self._train_stage("ae")
-                self.stage, self.epoch, self.batch = "prior", 0, 0
-            if self.stage == "prior":
-                self.fit_prior()
-                if self.cfg.stage2_init == "ae":
-                    self.vae.init_from_autoencoder(self.ae)
-                    self.log("stage 2 initialised from the stage-1 autoencoder (--stage2-init ae)")
-                self.stage, self.epoch, self.batch = "vae", 0, 0
-                self.save_checkpoint()
-            if self.stage == "vae":
-                if self.vae.prior is None and getattr(self.vae, "requires_prior_fit", True):
-                    raise CheckpointError("stage 2 needs the prior, but the checkpoint holds none")
-                self._train_stage("vae")
-                self.stage = "outputs"
+            for stage in self.stages:
+                if self.stage != stage.name:
+                    continue
+                if stage.kind == "train":
+                    why = self.recipe.check_stage_ready(stage)
+                    if why:
+                        raise CheckpointError(why)
+                    self._train_stage(stage)
+                    self.stage, self.epoch, self.batch = self._next_stage(stage), 0, 0
+                else:
+                    self.recipe.fit(stage, self)
+                    self.stage, self.epoch, self.batch = self._next_stage(stage), 0, 0
+                    self.save_checkpoint()
             summary = None
             if self.stage == "outputs":
                 summary = self.finish()
@@ -575,32 +531,41 @@ class Trainer:
             torch.set_num_threads(self._threads_before)
         return RunResult("done", self.run_dir, self.step, summary)
 
+    def _stage_objectives(self, stage: Stage) -> Dict[str, Any]:
+        last = {}
+        for r in self.history:
+            if r["stage"] == stage.name:
+                last = r
+        test = {k: last[f"test_{k}"] for k in stage.terms if f"test_{k}" in last}
+        if not test:
+            test = self.evaluate(stage, "test")
+        return {"train": {k: last.get(f"train_{k}") for k in stage.terms}, "test": test}
+
     def finish(self) -> Dict[str, Any]:
         from .outputs import write_outputs
         cfg = self.cfg
-        last = {}
-        for r in self.history:
-            if r["stage"] == "vae":
-                last = r
-        test = {k: last[f"test_{k}"] for k in TERMS_VAE if f"test_{k}" in last}
-        if not test:
-            test = self.evaluate("vae", self.data.test)
+        train_stages = [s for s in self.stages if s.kind == "train"]
+        headline = self.recipe.headline_stage()
+        objectives = {s.name: self._stage_objectives(s) for s in train_stages
+                      if s.name == headline.name or s.module != "ae"}
+        gen = self.vae
         summary: Dict[str, Any] = {
             "model": cfg.model, "plan": cfg.plan_name, "model_name": self.model_name,
             "preset": cfg.preset, "kl_objective": cfg.kl, "stage2_init": cfg.stage2_init,
             "routing": cfg.routing, "likelihood": cfg.likelihood,
-            "objective_units": self.vae.likelihood.units,
+            "objective_units": self.recipe.objective_units(),
             "dataset": cfg.dataset, "latent": cfg.latent, "ops": ops_name(self.ops),
             "device": str(self.device), "steps": self.step,
-            "train": {k: last.get(f"train_{k}") for k in TERMS_VAE},
-            "test": test,
-            "prior_fit": self.prior_report,
+            "train": objectives[headline.name]["train"],
+            "test": objectives[headline.name]["test"],
+            "prior_fit": None,
             # paper Table 4: trainable parameters of the generative model, and of its prior alone
-            "params": self.vae.param_counts(),
+            "params": gen.param_counts(),
         }
-        summary.update({f"likelihood_{k}": v for k, v in self.vae.likelihood.stats().items()})
-        if self.ae is not None:  # X-VAE's one-time stage-1 autoencoder, not counted in Table 4
-            summary["stage1_params"] = int(sum(p.numel() for p in self.ae.parameters() if p.requires_grad))
+        if len(objectives) > 1:
+            summary["stages"] = objectives
+        summary.update({f"likelihood_{k}": v for k, v in gen.likelihood.stats().items()})
+        summary.update(self.recipe.summary())
         ae_last = [r for r in self.history if r["stage"] == "ae"]
         if ae_last:
             summary["ae"] = {"train_recon": ae_last[-1].get("train_recon"),
@@ -612,6 +577,18 @@ class Trainer:
         self.log(table_row(summary))
         self.log(f"run folder: {self.run_dir}")
         return summary
+
+
+_MODULE_WHAT = {"ae": "autoencoder", "vae": "VAE"}
+
+
+def stage_needs_grad(recipe, stage: Stage) -> bool:
+    """Whether a stage's loss takes gradients inside (the UAE's decoder gradient penalty)."""
+    return bool(getattr(recipe, "loss_needs_grad", lambda s: False)(stage))
+
+
+def _nullctx():
+    return contextlib.nullcontext()
 
 
 def _read_json(path: str):
@@ -627,24 +604,33 @@ def train(cfg: TrainConfig, explicit: Optional[Set[str]] = None, verbose: bool =
     return Trainer(cfg, explicit=explicit, verbose=verbose).run()
 
 
-def load_run(run_dir: str, device: str = "cpu"):
-    """(config, DataInfo, VAE with its prior) from a run folder, for sampling."""
+def load_recipe(run_dir: str, device: str = "cpu"):
+    """(config, DataInfo, the model's recipe with every module restored, checkpoint) of a run folder."""
     ck = ckpt.load_checkpoint(run_dir)
     path = ckpt.checkpoint_path(run_dir)
     cfg = TrainConfig.from_saved(ck["config"])
     info = DataInfo.from_dict(ck["data_info"])
-    learned_prior = cfg.model in LEARNED_PRIOR_MODELS  # no frozen prior buffers to restore
-    if ck["stage"] in ("ae", "prior") or (ck["prior"] is None and not learned_prior):
-        raise CheckpointError(f"run {run_dir!r} has not reached stage 2 yet (it is at stage "
-                              f"{ck['stage']!r}); resume it with --resume first")
     dev = pick_device(device)
-    _, vae = build_models(cfg, info, get_ops(device=dev))
-    p = ck["prior"]
-    if p is not None:
-        vae.set_prior(MixturePrior(p["weights"], p["means"], p["stds"]))
-    ckpt.load_state(vae, ck["models"]["vae"], "VAE", path)
-    vae.to(dev).eval()
-    return cfg, info, vae, ck
+    recipe = build_recipe(cfg, info, get_ops(device=dev))
+    if not recipe.sampling_ready(ck["stage"]):
+        raise CheckpointError(f"run {run_dir!r} has not reached the stage it samples from "
+                              f"({recipe.sampling_stage()!r}) yet (it is at stage {ck['stage']!r}); "
+                              "resume it with --resume first")
+    recipe.load_state(ck, path)
+    for name, module in recipe.modules.items():
+        if module is not None:
+            ckpt.load_state(module, ck["models"].get(name), _MODULE_WHAT.get(name, name), path)
+    recipe.to(dev)
+    for m in recipe.modules.values():
+        if m is not None:
+            m.eval()
+    return cfg, info, recipe, ck
+
+
+def load_run(run_dir: str, device: str = "cpu"):
+    """(config, DataInfo, the generative model, checkpoint) from a run folder, for sampling."""
+    cfg, info, recipe, ck = load_recipe(run_dir, device)
+    return cfg, info, recipe.generative, ck
 
 
 def load_expost(run_dir: str, device: str = "cpu", routing: str = "per-row"):
