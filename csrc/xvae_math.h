@@ -99,11 +99,18 @@ C10_HOST_DEVICE inline T scaled_sigmoid_neg(T l, T c) {
 // ---------------------------------------------------------------------------------------------------
 // Univariate Gaussian KL  KLN(mu, sigma; m, s) = log(s/sigma) + (sigma^2 + (mu-m)^2) / (2 s^2) - 1/2
 // with sigma^2 = exp(logvar). Per-coordinate constants are precomputed: log_s and inv_s2 = 1/s^2.
+// The variance ratio sigma^2 / (2 s^2) is one exponential, exp(logvar - 2 log s - log 2): exp(logvar)
+// alone overflows float32 from logvar = 88.7, where the ratio (and the KL) may still be finite.
 // ---------------------------------------------------------------------------------------------------
+template <typename T>
+C10_HOST_DEVICE inline T half_var_ratio(T logvar, T log_s) {
+  return xexp(logvar - T(2) * log_s - T(0.69314718055994530942));
+}
+
 template <typename T>
 C10_HOST_DEVICE inline T kln(T mu, T logvar, T m, T log_s, T inv_s2) {
   T d = mu - m;
-  return log_s - T(0.5) * logvar + T(0.5) * (xexp(logvar) + d * d) * inv_s2 - T(0.5);
+  return log_s - T(0.5) * logvar + half_var_ratio(logvar, log_s) + T(0.5) * d * d * inv_s2 - T(0.5);
 }
 
 // d KLN / d mu
@@ -114,8 +121,8 @@ C10_HOST_DEVICE inline T kln_grad_mu(T mu, T m, T inv_s2) {
 
 // d KLN / d logvar
 template <typename T>
-C10_HOST_DEVICE inline T kln_grad_logvar(T logvar, T inv_s2) {
-  return T(0.5) * (xexp(logvar) * inv_s2 - T(1));
+C10_HOST_DEVICE inline T kln_grad_logvar(T logvar, T log_s) {
+  return half_var_ratio(logvar, log_s) - T(0.5);
 }
 
 // ---------------------------------------------------------------------------------------------------

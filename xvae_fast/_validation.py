@@ -6,6 +6,26 @@ import torch
 FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
+# Prior standard deviations the ops accept, per accumulation dtype (float32 for float32, bfloat16 and
+# float16 inputs; float64 for float64). Inside the range 1/s^2 stays <= 1e18 (float32) or 1e150
+# (float64), so every KL, log-density and transport is finite for any finite posterior whose
+# (sigma^2 + (mu - m)^2) stays below ~1e20 (float32); outside it 1/s^2 over- or underflows.
+STD_RANGE = {torch.float32: (1e-9, 1e9), torch.float64: (1e-75, 1e75)}
+
+
+def check_std_range(std: torch.Tensor, name: str, acc: torch.dtype, what: str = "") -> None:
+    """Raise if any std lies outside STD_RANGE[acc] (one host sync; skipped while compiling)."""
+    if not values_checkable() or std.numel() == 0:
+        return
+    lo, hi = STD_RANGE[acc]
+    if bool(((std >= lo) & (std <= hi)).all()):
+        return
+    bad = std[~((std >= lo) & (std <= hi))]
+    inputs = "float64 inputs" if acc == torch.float64 else "float32, bfloat16 and float16 inputs"
+    raise ValueError(f"{name} must lie in [{lo:g}, {hi:g}] for {inputs}{what}, got "
+                     f"{bad.flatten()[0].item():.3g} (min {std.min().item():.3g}, max "
+                     f"{std.max().item():.3g}); outside it 1/std^2 over- or underflows")
+
 
 def check_tensor(t, name: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
@@ -24,6 +44,19 @@ def check_finite(t: torch.Tensor, name: str) -> None:
         return
     if t.numel() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf")
+
+
+def check_inputs_finite(enabled: bool, tensors) -> None:
+    """The ops' opt-in `check_finite=True`: one reduction over every named input and one host sync;
+    on failure the first non-finite argument is named. Off by default (a sync per call is too dear
+    on the training path, where the trainer already checks each loss term once per step)."""
+    if not enabled or not values_checkable():
+        return
+    present = [(n, t.detach()) for n, t in tensors.items() if t is not None and t.numel()]
+    if not present or bool(torch.stack([torch.isfinite(t).all() for _, t in present]).all()):
+        return
+    for name, t in present:
+        check_finite(t, name)
 
 
 def check_batch(name: str, t, ref_name: str = None, ref: torch.Tensor = None, K: int = None):

@@ -40,6 +40,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, NonFiniteLossError, XVAEError
+from .outpaths import make_out_dir, remove_created
 
 # (key, model, plan, row name as in the paper's tables)
 ENTRIES = [
@@ -184,8 +185,6 @@ def run_comparison(data: str = "digits", seed: int = 42, out: Optional[str] = No
                    evaluate: Optional[EvalSettings] = None) -> List[Dict[str, Any]]:
     """Train (or reuse) every selected model, evaluate it when `evaluate` is given, and return the
     table's rows; also writes comparison.md / .csv / .json in `out`."""
-    from .train import parse_config
-    from .training.runs import train_or_reuse
     keys = list(PAPER_KEYS if models is None else models)
     keys = [k for key in keys for k in GROUPS.get(key, [key])]
     unknown = [k for k in keys if k not in KEYS]
@@ -200,8 +199,24 @@ def run_comparison(data: str = "digits", seed: int = 42, out: Optional[str] = No
         if key in keys and source not in keys:
             raise ConfigError(f"the {key} row evaluates the {source} row's run; select it too (e.g. "
                               f"--models {source},{key})")
+    for flag, value in (("--epochs", epochs), ("--epochs-ae", epochs_ae)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{flag} must be a positive integer, got {value!r}: a comparison of "
+                              "untrained models would report initialisations as results")
     out = out or os.path.join("runs", f"compare-{data.split(':')[0]}-seed{seed}")
-    os.makedirs(out, exist_ok=True)
+    created = make_out_dir(out, "--out")
+    try:
+        return _compare_rows(data, seed, out, keys, epochs, epochs_ae, quick, extra, overwrite, verbose,
+                             evaluate)
+    except XVAEError:
+        remove_created(created, only_if_empty=True)   # nothing was compared: no empty --out left
+        raise
+
+
+def _compare_rows(data, seed, out, keys, epochs, epochs_ae, quick, extra, overwrite, verbose,
+                  evaluate) -> List[Dict[str, Any]]:
+    from .train import parse_config
+    from .training.runs import train_or_reuse
     rows: List[Dict[str, Any]] = []
     stage1: Optional[str] = None
     # the ex-post reference decodes samples of the mixture prior (any routed row's: they share stage 1

@@ -25,3 +25,12 @@ class NonFiniteLossError(XVAEError, FloatingPointError):
     def __init__(self, message: str, diagnostic: dict):
         super().__init__(message)
         self.diagnostic = diagnostic
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, carrying the run folder (and whether it holds a checkpoint to resume)."""
+
+    def __init__(self, run_dir: str, resumable: bool):
+        super().__init__(run_dir)
+        self.run_dir = run_dir
+        self.resumable = resumable

@@ -147,7 +147,8 @@ def _references(run: str) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .argv import attach_number_lists
+    args = build_parser().parse_args(attach_number_lists(argv, ["--alpha"]))
     try:
         from .evaluation.report import markdown_row, write_report
         from .evaluation.runner import evaluate_run

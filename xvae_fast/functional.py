@@ -8,8 +8,10 @@ import torch
 
 from . import reference
 from ._ext import require_extension
-from ._validation import (FLOATING, check_batch, check_finite, check_prior_device, check_reduction, check_tensor,
+from ._validation import (FLOATING, STD_RANGE, check_batch, check_inputs_finite,
+                          check_prior_device, check_reduction, check_std_range, check_tensor,
                           values_checkable)
+from ._validation import check_finite as require_finite
 from .plans import Plan, resolve_plan
 from .prior import MixturePrior
 
@@ -27,15 +29,17 @@ def _check_prior(prior) -> MixturePrior:
     return prior
 
 
-def responsibilities(logits: torch.Tensor) -> torch.Tensor:
+def responsibilities(logits: torch.Tensor, check_finite: bool = False) -> torch.Tensor:
     """Batch-aggregated responsibilities pi_q (K,) of Eq. 10: mean over rows of
     softplus(l) / sum softplus(l). Differentiable; float64 for float64 logits, float32 otherwise."""
     check_batch("logits", logits)
+    check_inputs_finite(check_finite, {"logits": logits})
     return reference.responsibilities(logits)
 
 
 def mixture_kl(logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior,
-               reduction: str = "mean") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               reduction: str = "mean", check_finite: bool = False
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two-part mixture KL (Eq. 18): returns (total, categorical, gaussian), each reduced by
     `reduction` ("none" gives (B,), "mean"/"sum" scalars). Gradients flow to logits, mu, logvar."""
     _check_prior(prior)
@@ -45,13 +49,14 @@ def mixture_kl(logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, pri
     red = check_reduction(reduction)
     prior.require_paired("mixture_kl")
     check_prior_device(prior, mu, "mu")
+    check_inputs_finite(check_finite, {"logits": logits, "mu": mu, "logvar": logvar})
     _, log_w, _, _, m, s = prior.tensors_for(mu.dtype, mu.device)
     total, cat, gauss, _, _ = _ops().mixture_kl_forward(logits, mu, logvar, log_w, m, s, red)
     return total, cat, gauss
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mean: torch.Tensor,
-                prior_std: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+                prior_std: torch.Tensor, reduction: str = "none", check_finite: bool = False) -> torch.Tensor:
     """Single-Gaussian X-VAE KL (Eq. 16): sum_k KL(N(mu, e^logvar) || N(prior_mean, prior_std^2)).
     The prior is frozen: no gradient flows to prior_mean or prior_std."""
     check_batch("mu", mu)
@@ -74,9 +79,13 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, prior_mean: torch.Tensor
         params.append(t.detach().to(acc).contiguous())
     # One host sync for the value checks; the detailed message is worked out only on failure.
     std = params[1]
-    if values_checkable() and not bool((torch.isfinite(std) & (std > 0)).all()):
-        check_finite(std, "prior_std")
-        raise ValueError("prior_std must be > 0")
+    lo, hi = STD_RANGE[acc]
+    if values_checkable() and not bool(((std >= lo) & (std <= hi)).all()):
+        require_finite(std, "prior_std")
+        if bool((std <= 0).any()):
+            raise ValueError("prior_std must be > 0")
+        check_std_range(std, "prior_std", acc)
+    check_inputs_finite(check_finite, {"mu": mu, "logvar": logvar, "prior_mean": params[0]})
     return _ops().gaussian_kl_forward(mu, logvar, params[0], params[1], red)
 
 
@@ -96,13 +105,14 @@ def _check_pi_q(pi_q, K, ref):
     total = p.double().sum()
     if bool(torch.isfinite(p).all() & (p >= 0).all() & ((total - 1).abs() <= tol)):
         return p
-    check_finite(p, "pi_q")
+    require_finite(p, "pi_q")
     if (p < 0).any():
         raise ValueError("pi_q must be non-negative (a probability vector)")
     raise ValueError(f"pi_q must sum to 1 (a probability vector), got {total.item():.6g}")
 
 
-def routed_transport_with_state(mu, logvar, prior, plan="full", pi_q=None, generator=None):
+def routed_transport_with_state(mu, logvar, prior, plan="full", pi_q=None, generator=None,
+                                check_finite: bool = False):
     """routed_transport returning (z, comp, rng_state): comp holds the component index of each
     posterior-source coordinate (B, P), rng_state the (seed, offset) its draws used, which
     `draw_noise` and the reference can replay."""
@@ -117,6 +127,7 @@ def routed_transport_with_state(mu, logvar, prior, plan="full", pi_q=None, gener
         raise ValueError(f"plan {plan.name!r} routes by the posterior's pi_q, but pi_q was not "
                          "given; pass pi_q=xvae_fast.responsibilities(logits)")
     pq = _check_pi_q(pi_q, K, mu) if pi_q is not None else None
+    check_inputs_finite(check_finite, {"mu": mu, "logvar": logvar})
     w, _, M, S, _, _ = prior.tensors_for(mu.dtype, mu.device)
     return _ops().routed_transport(mu, logvar, M, S, w, pq, plan.codes_tensor(mu.device),
                                    plan.num_posterior, generator)
@@ -124,10 +135,10 @@ def routed_transport_with_state(mu, logvar, prior, plan="full", pi_q=None, gener
 
 def routed_transport(mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior,
                      plan: Union[str, Plan] = "full", pi_q: Optional[torch.Tensor] = None,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                     generator: Optional[torch.Generator] = None, check_finite: bool = False) -> torch.Tensor:
     """The X-VAE latent code z (B, K): per-coordinate categorical routing and transport
     (Eqs. 11-13) under `plan` (a preset name or a Plan). Differentiable in mu and logvar."""
-    return routed_transport_with_state(mu, logvar, prior, plan, pi_q, generator)[0]
+    return routed_transport_with_state(mu, logvar, prior, plan, pi_q, generator, check_finite)[0]
 
 
 def _check_sample_args(n, alpha, routing):
@@ -197,19 +208,21 @@ def _check_mixture_params(z, log_weights, means, log_vars):
         return
     if torch.isnan(log_weights).any():
         raise ValueError("log_weights contains NaN")
-    check_finite(means.detach(), "means")
-    check_finite(log_vars.detach(), "log_vars")
+    require_finite(means.detach(), "means")
+    require_finite(log_vars.detach(), "log_vars")
     raise ValueError(f"log_weights must be log-probabilities (weights on the simplex, logsumexp = 0), "
                      f"got logsumexp {lse.item():.6g}; pass torch.log_softmax(logits, 0)")
 
 
 def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, means: torch.Tensor,
-                     log_vars: torch.Tensor, return_responsibilities: bool = False):
+                     log_vars: torch.Tensor, return_responsibilities: bool = False,
+                     check_finite: bool = False):
     """log p(z) (N,) under the diagonal Gaussian mixture sum_c w_c N(means[c], diag(exp(log_vars[c]))),
     computed without materialising the (N, C, d) tensor. `log_weights` (C,) are log-probabilities.
     With return_responsibilities=True also returns r (N, C), the posterior over components.
     Differentiable in z, log_weights, means and log_vars (and through r)."""
     _check_mixture_params(z, log_weights, means, log_vars)
+    check_inputs_finite(check_finite, {"z": z})
     lp, resp = _ops().mixture_log_prob(z, log_weights, means, log_vars, return_responsibilities)
     return (lp, resp) if return_responsibilities else lp
 
@@ -224,18 +237,20 @@ def _check_posterior(mu, logvar, prior):
     check_prior_device(prior, mu, "mu")
 
 
-def component_kl(mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior) -> torch.Tensor:
+def component_kl(mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior,
+                 check_finite: bool = False) -> torch.Tensor:
     """D (B, C): D[i, c] = KL(N(mu_i, diag exp(logvar_i)) || N(means[c], diag stds[c]^2)), the KL of
     each row's diagonal Gaussian posterior to every component of the prior. Differentiable in mu and
     logvar; never in the prior."""
     _check_posterior(mu, logvar, prior)
+    check_inputs_finite(check_finite, {"mu": mu, "logvar": logvar})
     _, _, M, S, _, _ = prior.tensors_for(mu.dtype, mu.device)
     return _ops().component_kl(mu, logvar, M, S)
 
 
 def mixture_bound(mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior, kind: str = "tight",
                   logits: Optional[torch.Tensor] = None, reduction: str = "mean",
-                  return_weights: bool = False):
+                  return_weights: bool = False, check_finite: bool = False):
     """An upper bound of KL(q_i || p) for the diagonal Gaussian posterior q_i = N(mu_i, diag
     exp(logvar_i)) and the mixture prior (SPEC Revision 2), built on D = component_kl:
     kind "tight" is -log sum_c pi_c exp(-D[i,c]) (Lemma 1 at its optimal weights r*, no logits);
@@ -262,6 +277,7 @@ def mixture_bound(mu: torch.Tensor, logvar: torch.Tensor, prior: MixturePrior, k
     elif logits is not None:
         raise ValueError("kind 'tight' uses the optimal weights r* = softmax(log pi - D) and takes no "
                          "logits; pass logits=None (or kind='mixture')")
+    check_inputs_finite(check_finite, {"mu": mu, "logvar": logvar, "logits": logits})
     _, log_w, M, S, _, _ = prior.tensors_for(mu.dtype, mu.device)
     total, cat, gauss, weights, _ = _ops().mixture_bound(mu, logvar, log_w, M, S, logits, kind, red,
                                                          return_weights)

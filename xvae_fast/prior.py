@@ -6,14 +6,17 @@ from typing import Dict, Tuple
 import torch
 from torch import nn
 
-from ._validation import check_finite
+from ._validation import check_finite, check_std_range
 
 
 class MixturePrior(nn.Module):
     """Diagonal Gaussian mixture prior: weights (C,), means (C, K), stds (C, K), kept as buffers.
 
-    Validated on construction: shapes agree, values are finite, stds > 0 and the weights are a
-    probability vector (non-negative, summing to 1 within 1e-5 relative). A single Gaussian is the
+    Validated on construction: shapes agree, values are finite, the stds lie in the valid range of
+    the prior's dtype (`STD_RANGE`: [1e-9, 1e9] for float32, [1e-75, 1e75] for float64; a float64
+    prior used with float32 inputs is checked against the float32 range when first converted) and the
+    weights are a probability vector (non-negative, summing to 1 within max(1e-5, C * eps) of the
+    dtype the weights came in, so float16 thirds pass). A single Gaussian is the
     C = 1 case (`MixturePrior.single`). The routed ops pair component k with coordinate k and need
     C == K; the coordinate's own prior is (means[k, k], stds[k, k]).
     """
@@ -39,6 +42,7 @@ class MixturePrior(nn.Module):
         if not (weights.device == means.device == stds.device):
             raise ValueError("MixturePrior: weights, means and stds must be on one device, got "
                              f"{weights.device}, {means.device}, {stds.device}")
+        weights_eps = torch.finfo(weights.dtype).eps
         dtype = torch.promote_types(torch.promote_types(weights.dtype, means.dtype), stds.dtype)
         if dtype not in (torch.float32, torch.float64):
             dtype = torch.float32
@@ -47,11 +51,14 @@ class MixturePrior(nn.Module):
             check_finite(t, f"MixturePrior: {name}")
         if (stds <= 0).any():
             raise ValueError(f"MixturePrior: stds must be > 0, got min {stds.min().item():.3g}")
+        check_std_range(stds, "MixturePrior: stds", dtype)
         if (weights < 0).any():
             raise ValueError(f"MixturePrior: weights must be non-negative, got min {weights.min().item():.3g}")
         total = weights.double().sum().item()
-        if abs(total - 1.0) > 1e-5:
-            raise ValueError(f"MixturePrior: weights must sum to 1 (a probability vector), got {total:.6g}")
+        tol = max(1e-5, C * weights_eps)
+        if abs(total - 1.0) > tol:
+            raise ValueError(f"MixturePrior: weights must sum to 1 (a probability vector) within {tol:.3g}, "
+                             f"got {total:.6g}")
         self.register_buffer("weights", weights.clone())
         self.register_buffer("means", means.clone())
         self.register_buffer("stds", stds.clone())
@@ -113,6 +120,9 @@ class MixturePrior(nn.Module):
         return hit
 
     def _convert(self, acc, device):
+        if acc != self.stds.dtype:   # a float64 prior used with float32 inputs: float32's range
+            check_std_range(self.stds, "MixturePrior: stds", acc, " (this float64 prior is used with "
+                            "lower-precision inputs here)")
         w, M, S = (t.to(device=device, dtype=acc).contiguous() for t in
                    (self.weights, self.means, self.stds))
         if self.is_single or M.shape[0] == M.shape[1]:

@@ -36,9 +36,15 @@ def responsibility_rows(logits: torch.Tensor) -> torch.Tensor:
     each row is scaled by exp(-c), c = min(max_j l[i,j], 0), before normalising."""
     l = logits.to(_acc(logits.dtype))
     c = l.max(dim=1, keepdim=True).values.clamp(max=0.0).detach()
-    u = torch.exp(l)
-    ratio = torch.where(u < 1e-4, 1.0 - 0.5 * u, torch.log1p(u) / u)
-    scaled = torch.where(c < 0, torch.exp(l - c) * ratio, torch.nn.functional.softplus(l))
+    neg = c < 0
+    # The scaled branch only serves rows with a negative maximum; elsewhere it sees a harmless -1, so
+    # exp(l) cannot overflow there and poison the gradient through torch.where (0 * inf = NaN).
+    ln = torch.where(neg, l, torch.full_like(l, -1.0))
+    u = torch.exp(ln)
+    small = u < 1e-4
+    u_big = torch.where(small, torch.ones_like(u), u)     # log1p(u) / u is 0/0 once u underflows
+    ratio = torch.where(small, 1.0 - 0.5 * u, torch.log1p(u_big) / u_big)
+    scaled = torch.where(neg, torch.exp(ln - c) * ratio, torch.nn.functional.softplus(l))
     return scaled / scaled.sum(dim=1, keepdim=True)
 
 
@@ -50,8 +56,11 @@ def responsibilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 def kln(mu: torch.Tensor, logvar: torch.Tensor, m: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """KL( N(mu, exp(logvar)) || N(m, s^2) ), elementwise."""
-    return torch.log(s) - 0.5 * logvar + (torch.exp(logvar) + (mu - m) ** 2) / (2 * s * s) - 0.5
+    """KL( N(mu, exp(logvar)) || N(m, s^2) ), elementwise. The variance ratio is one exponential,
+    exp(logvar - 2 log s - log 2): exp(logvar) alone overflows float32 where the KL is still finite."""
+    log_s = torch.log(s)
+    return (log_s - 0.5 * logvar + torch.exp(logvar - 2 * log_s - math.log(2.0))
+            + (mu - m) ** 2 / (2 * s * s) - 0.5)
 
 
 def mixture_kl(logits, mu, logvar, prior: MixturePrior, reduction: str = "mean"):

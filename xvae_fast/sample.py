@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional
+import tempfile
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, XVAEError
+from .outpaths import check_out_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,51 +35,144 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def sample_run(run: str, n: int, alpha: float = 1.0, routing: Optional[str] = None, seed: int = 0,
-               device: str = "cpu", decoder_noise: bool = False):
-    """(samples in data units, DataInfo) from a run folder."""
-    from .training import load_run
+# A .png holds a viewable figure, not a data dump: grids and scatter plots are capped (the .npy output
+# streams any --n in bounded memory).
+MAX_GRID_IMAGES = 4096
+MAX_SCATTER_POINTS = 200_000
+BATCH_ELEMENTS = 2 ** 21   # output values decoded at a time: 32768 8x8 digits, 170 CelebA images
+SCATTER_DATA = 5000   # training points drawn faintly beneath a 2-D scatter
+
+
+def check_request(n, alpha, nrow: int = 8) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"--n must be a positive integer, got {n!r}")
     if not alpha > 0 or alpha == float("inf"):
         raise ConfigError(f"--alpha must be a positive finite number, got {alpha!r}")
+    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+        raise ConfigError(f"--nrow must be a positive integer, got {nrow!r}")
+
+
+def batch_rows(shape) -> int:
+    """Rows decoded at a time: large batches for speed (per-call overhead dominates small ones), a
+    fixed number of output values for bounded memory."""
+    return int(min(65536, max(64, BATCH_ELEMENTS // max(1, int(np.prod(shape))))))
+
+
+def sample_batches(run: str, n: int, alpha: float = 1.0, routing: Optional[str] = None, seed: int = 0,
+                   device: str = "cpu", decoder_noise: bool = False, batch: Optional[int] = None):
+    """(DataInfo, an iterator of CPU float32 sample batches in data units, n rows in all) from a run
+    folder: memory is one batch whatever n. One seeded generator serves every batch."""
+    from .training import load_run
+    check_request(n, alpha)
     cfg, info, vae, _ = load_run(run, device)
     dev = next(vae.parameters()).device
     g = torch.Generator(device=dev).manual_seed(seed)
-    x = vae.generate(n, alpha, routing, generator=g)
-    if decoder_noise:
-        x = vae.likelihood.draw(x, generator=g)
-    return info.to_data_space(x), info
+    batch = batch or batch_rows(info.shape)
+
+    def batches():
+        with torch.no_grad():
+            for s in range(0, n, batch):
+                x = vae.generate(min(batch, n - s), alpha, routing, generator=g)
+                if decoder_noise:
+                    x = vae.likelihood.draw(x, generator=g)
+                yield info.to_data_space(x).float().cpu()
+    return info, batches()
 
 
-def write_samples(x: torch.Tensor, info, path: str, nrow: int = 8, title: str = "") -> None:
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in (".npy", ".png"):
-        raise ConfigError(f"--out must end in .npy or .png, got {path!r}")
+def sample_run(run: str, n: int, alpha: float = 1.0, routing: Optional[str] = None, seed: int = 0,
+               device: str = "cpu", decoder_noise: bool = False):
+    """(samples in data units, DataInfo) from a run folder, held in memory (see sample_batches)."""
+    info, it = sample_batches(run, n, alpha, routing, seed, device, decoder_noise)
+    return torch.cat(list(it)), info
+
+
+def check_out(path: str, n: int, kind: Optional[str] = None) -> None:
+    """The --out file before any work: .npy or .png, in a writable folder, and a .png of a viewable size."""
+    check_out_file(path, "--out", (".npy", ".png"))
+    if path.lower().endswith(".png"):
+        cap = {"image": MAX_GRID_IMAGES, "vector": MAX_SCATTER_POINTS}.get(kind, MAX_GRID_IMAGES)
+        if n > cap:
+            what = "an image grid" if kind != "vector" else "a scatter plot"
+            raise ConfigError(f"--n {n} is too many for {what} in a .png (at most {cap}); write "
+                              "--out FILE.npy, which streams any number of samples")
+
+
+def write_npy_stream(batches, n: int, shape, path: str) -> Tuple[int, ...]:
+    """Write the batches to `path` as one (n, *shape) float32 .npy, batch by batch (bounded memory),
+    through a temporary file renamed at the end (no half-written .npy on an error)."""
+    full = (n,) + tuple(shape)
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ConfigError(f"output folder {folder!r} does not exist")
-    if ext == ".npy":
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".samples-", suffix=".npy.part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                    "shape": full})
+            rows = 0
+            for x in batches:
+                f.write(np.ascontiguousarray(x.numpy(), dtype=np.float32).tobytes())
+                rows += x.shape[0]
+        if rows != n:
+            raise RuntimeError(f"wrote {rows} rows, expected {n}")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return full
+
+
+def training_points(run: str, limit: int = SCATTER_DATA) -> Optional[np.ndarray]:
+    """Up to `limit` training examples of a vector run, in data units (the faint scatter background);
+    None when the data cannot be read here."""
+    from .config import TrainConfig
+    from .data import load_dataset
+    from .training import checkpoint as ckpt
+    try:
+        cfg = TrainConfig.from_saved(ckpt.load_checkpoint(run)["config"])
+        bundle = load_dataset(cfg)
+        n = min(limit, len(bundle.train))
+        rows = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(0))[:n]
+        return bundle.info.to_data_space(bundle.train.get_batch(rows.sort().values).float()).numpy()
+    except (XVAEError, OSError):
+        return None
+
+
+def write_samples(x: torch.Tensor, info, path: str, nrow: int = 8, title: str = "",
+                  reference: Optional[np.ndarray] = None) -> None:
+    """An in-memory batch to .npy or .png (the image grid, or for vectors a scatter over the faint
+    `reference` points)."""
+    check_out_file(path, "--out", (".npy", ".png"))
+    if path.lower().endswith(".npy"):
         np.save(path, x.numpy())
         return
     from .training.plots import save_image_grid, save_scatter
     if info.kind == "image":
         save_image_grid(x, path, nrow=nrow, title=title)
     else:
-        save_scatter([x.numpy()], ["samples"], path, title=title)
+        save_scatter([x.numpy()], ["samples"], path, title=title, reference=reference)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    title = f"{args.n} samples, alpha={args.alpha:g}, {args.routing or 'run routing'}"
     try:
-        x, info = sample_run(args.run, args.n, args.alpha, args.routing, args.seed, args.device,
-                             args.decoder_noise)
-        write_samples(x, info, args.out, args.nrow,
-                      title=f"{args.n} samples, alpha={args.alpha:g}, {args.routing or 'run routing'}")
+        check_request(args.n, args.alpha, args.nrow)
+        check_out(args.out, args.n)
+        info, batches = sample_batches(args.run, args.n, args.alpha, args.routing, args.seed, args.device,
+                                       args.decoder_noise)
+        check_out(args.out, args.n, info.kind)
+        if args.out.lower().endswith(".npy"):
+            shape = write_npy_stream(batches, args.n, info.shape, args.out)
+        else:
+            x = torch.cat(list(batches))
+            ref = training_points(args.run) if info.kind == "vector" else None
+            write_samples(x, info, args.out, args.nrow, title=title, reference=ref)
+            shape = tuple(x.shape)
     except XVAEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out} ({tuple(x.shape)})")
+    print(f"wrote {args.out} ({shape})")
     return 0
 
 

@@ -4,11 +4,12 @@ or two on a laptop CPU."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any, Dict, List, Optional
 
 from .config import MODELS, TrainConfig, load_config_file
-from .errors import NonFiniteLossError, XVAEError
+from .errors import NonFiniteLossError, TrainingInterrupted, XVAEError
 
 EPILOG = """\
 examples:
@@ -205,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: Optional[List[str]] = None):
     """(TrainConfig, the set of option names the user gave) from a config file and flags."""
-    args = vars(build_parser().parse_args(argv))
+    from .argv import attach_number_lists
+    args = vars(build_parser().parse_args(attach_number_lists(argv, ["--alphas"])))
     given: Dict[str, Any] = {}
     if "config" in args:
         given.update({str(k).replace("-", "_"): v for k, v in load_config_file(args["config"]).items()})
@@ -225,14 +227,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     except XVAEError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        if exc.resumable:
+            print(f"interrupted; the last checkpoint is kept: continue with python -m xvae_fast.train "
+                  f"--resume {shlex.quote(exc.run_dir)}", file=sys.stderr)
+        else:
+            print(f"interrupted before the first checkpoint of {exc.run_dir!r}; nothing to resume: "
+                  "start the run again (with --overwrite)", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept: continue with --resume RUN_DIR",
-              file=sys.stderr)
+        print("interrupted before training started; nothing was trained", file=sys.stderr)
         return 130
     if result.status == "stopped":
         print(f"stopped at step {result.step}; continue with: python -m xvae_fast.train --resume "
-              f"{result.run_dir}")
+              f"{shlex.quote(result.run_dir)}")
     else:
+        untrained = (result.summary or {}).get("untrained_stages")
+        if untrained:
+            print(f"warning: the run is untrained ({', '.join(untrained)}: 0 epochs)", file=sys.stderr)
         print(f"done: {result.run_dir}")
     return 0
 

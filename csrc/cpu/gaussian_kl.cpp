@@ -63,9 +63,10 @@ std::tuple<at::Tensor, at::Tensor> gaussian_kl_backward_cpu(const at::Tensor& gr
   XVAE_DISPATCH_FLOATING(mu.scalar_type(), "gaussian_kl_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     auto sc = prior_std.contiguous(), mc = prior_mean.contiguous();
-    std::vector<acc_t> m(mc.data_ptr<acc_t>(), mc.data_ptr<acc_t>() + K), inv_s2(K);
+    std::vector<acc_t> m(mc.data_ptr<acc_t>(), mc.data_ptr<acc_t>() + K), log_s(K), inv_s2(K);
     for (int64_t k = 0; k < K; ++k) {
       const acc_t s = sc.data_ptr<acc_t>()[k];
+      log_s[k] = std::log(s);
       inv_s2[k] = acc_t(1) / (s * s);
     }
     const acc_t* gp = g.data_ptr<acc_t>();
@@ -83,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_kl_backward_cpu(const at::Tensor& gr
           using T = decltype(t);
           T inv = ld(inv_s2.data() + k, t);
           st(om.data() + k, T(gi) * kln_grad_mu(ld(mrow + k, t), ld(m.data() + k, t), inv));
-          st(ov.data() + k, T(gi) * kln_grad_logvar(ld(vrow + k, t), inv));
+          st(ov.data() + k, T(gi) * kln_grad_logvar(ld(vrow + k, t), ld(log_s.data() + k, t)));
         });
         store_row(dmp + i * K, om.data(), K);
         store_row(dvp + i * K, ov.data(), K);

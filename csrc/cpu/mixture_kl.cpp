@@ -255,7 +255,7 @@ void mixture_kl_backward_kernel(const at::Tensor& g_total, const at::Tensor& g_c
         T wq = T(bi) * ld(pi_q + k, t);
         T inv_s2 = ld(pc.inv_s2.data() + k, t);
         st(gm + k, wq * kln_grad_mu(ld(mrow + k, t), ld(pc.m.data() + k, t), inv_s2));
-        st(gv + k, wq * kln_grad_logvar(ld(vrow + k, t), inv_s2));
+        st(gv + k, wq * kln_grad_logvar(ld(vrow + k, t), ld(pc.log_s.data() + k, t)));
       });
       if (!same) {
         store_row(dlp + i * K, ol.data(), K);

@@ -56,7 +56,7 @@ __global__ void gaussian_kl_backward_kernel(const acc_t* __restrict__ g, bool pe
     const acc_t gi = (per_row ? g[i] : g[0]) * scale;
     const acc_t inv = pc.inv_s2[k];
     dmu[e] = static_cast<scalar_t>(gi * kln_grad_mu(ld<acc_t>(mu, e), pc.m[k], inv));
-    dlv[e] = static_cast<scalar_t>(gi * kln_grad_logvar(ld<acc_t>(logvar, e), inv));
+    dlv[e] = static_cast<scalar_t>(gi * kln_grad_logvar(ld<acc_t>(logvar, e), pc.log_s[k]));
   }
 }
 

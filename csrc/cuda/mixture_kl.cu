@@ -256,7 +256,7 @@ __global__ void backward_rows_kernel(const scalar_t* __restrict__ logits,
       const acc_t wq = bi * pi_q[k];
       const acc_t inv_s2 = pc.inv_s2[k];
       d_mu[e] = static_cast<scalar_t>(wq * kln_grad_mu(ld<acc_t>(mu, e), pc.m[k], inv_s2));
-      d_logvar[e] = static_cast<scalar_t>(wq * kln_grad_logvar(ld<acc_t>(logvar, e), inv_s2));
+      d_logvar[e] = static_cast<scalar_t>(wq * kln_grad_logvar(ld<acc_t>(logvar, e), pc.log_s[k]));
     }
   }
 }

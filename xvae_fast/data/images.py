@@ -81,8 +81,8 @@ def _load_all(files, size, channels, crop, num_workers, progress) -> np.ndarray:
     else:
         it = files
         if progress and len(files) > 2000:
-            from tqdm import tqdm
-            it = tqdm(files, desc="decoding images", unit="img")
+            from ..progress import progress_bar
+            it = progress_bar(files, desc="decoding images", unit="img")
         arrays = [fn(f) for f in it]
     return np.stack(arrays)
 

@@ -177,8 +177,8 @@ def _train(kind, shape, x_train, y_train, x_test, y_test, recipe, progress) -> F
     model.train()
     it = range(steps)
     if progress:
-        from tqdm import tqdm
-        it = tqdm(it, desc=f"training the {model.arch} feature classifier", unit="step", leave=False)
+        from ..progress import progress_bar
+        it = progress_bar(it, desc=f"training the {model.arch} feature classifier", unit="step")
     n = x_train.shape[0]
     perm, pos = torch.randperm(n, generator=order), 0
     for _ in it:

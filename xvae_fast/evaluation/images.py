@@ -15,13 +15,14 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
-def write_pngs(images: torch.Tensor, folder: str) -> list:
-    """Write each image as folder/00000.png (grayscale or RGB); returns the sorted file list."""
+def write_pngs(images: torch.Tensor, folder: str, start: int = 0) -> list:
+    """Write each image as folder/00000.png (grayscale or RGB), numbered from `start` (a stream of
+    batches); returns the sorted file list."""
     from PIL import Image
     os.makedirs(folder, exist_ok=True)
     files = []
     for i, arr in enumerate(to_uint8(images)):
-        path = os.path.join(folder, f"{i:05d}.png")
+        path = os.path.join(folder, f"{start + i:05d}.png")
         Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
         files.append(path)
     return files
@@ -40,6 +41,6 @@ def read_pngs(files, channels: int) -> torch.Tensor:
     return x[:, :1] if channels == 1 else x
 
 
-def png_roundtrip(images: torch.Tensor, folder: str) -> torch.Tensor:
+def png_roundtrip(images: torch.Tensor, folder: str, start: int = 0) -> torch.Tensor:
     """The images as the PNG protocol sees them: written to `folder` as PNG and read back."""
-    return read_pngs(write_pngs(images, folder), images.shape[1])
+    return read_pngs(write_pngs(images, folder, start), images.shape[1])

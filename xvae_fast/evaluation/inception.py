@@ -330,8 +330,8 @@ def inception_outputs(net: FIDInceptionV3, images: torch.Tensor, batch_size: int
     out_logits = np.empty((n, NUM_CLASSES), dtype=np.float64) if logits else None
     starts = range(0, n, batch_size)
     if progress and n > batch_size:
-        from tqdm import tqdm
-        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
+        from ..progress import progress_bar
+        starts = progress_bar(starts, desc=desc, unit="batch")
     for s in starts:
         x = to_rgb(images[s:s + batch_size].float()).to(dev)
         f, lg = net(x, dims=dims, logits=logits)

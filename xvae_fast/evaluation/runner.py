@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..outpaths import check_out_dir
 from .frechet import frechet_distance, gaussian_stats, load_stats, save_stats
 from .protocol import Protocol
 
@@ -26,6 +27,7 @@ ALIASES = {"all": METRICS, "default": DEFAULT_METRICS, "offline": DEFAULT_METRIC
            "inception": ("fid", "is")}
 RECON_SEED_OFFSET, REAL_RECON_SEED_OFFSET, SAMPLE_SEED_OFFSET, INTERP_SEED_OFFSET = 11, 12, 13, 14
 N_SCATTER = 600     # points per alpha in the scatter plots of vector data
+EVAL_CHUNK = 2048   # generated samples held at a time (their features are kept, not the samples)
 
 
 def parse_metrics(text) -> Tuple[str, ...]:
@@ -130,20 +132,34 @@ MODELS = ("vae", "expost", "stage1")
 REFERENCE_PLANS = {"expost": "stage-1 AE + fitted prior", "stage1": "two-stage VAE, stage-1 decoder on N(0, I)"}
 
 
-@torch.no_grad()
-def generate(vae, n: int, alpha: float, routing: str, seed: int, batch: int, device,
-             decoder_noise: bool = False) -> torch.Tensor:
-    """n samples (model space, CPU float32) in batches from one seeded generator, so every alpha sees
-    the same noise; with decoder_noise, x ~ p(x | z) instead of its mean."""
+def generate_chunks(vae, n: int, alpha: float, routing: str, seed: int, batch: int, device,
+                    decoder_noise: bool = False, chunk: int = 0):
+    """n samples (model space, CPU float32) as an iterator of chunks of at least `chunk` rows (the
+    last may be smaller), drawn in batches of `batch` from one seeded generator, so every alpha sees
+    the same noise and memory stays one chunk whatever n; with decoder_noise, x ~ p(x | z) instead of
+    its mean."""
     from ..models.likelihood import decoder_likelihood
     g = torch.Generator(device=device).manual_seed(seed)
-    out = []
+    parts, rows = [], 0
     for s in range(0, n, batch):
-        x = _generate(vae, min(batch, n - s), alpha, routing, g)
-        if decoder_noise:
-            x = decoder_likelihood(vae).draw(x, generator=g)
-        out.append(x.float().cpu())
-    return torch.cat(out)
+        with torch.no_grad():
+            x = _generate(vae, min(batch, n - s), alpha, routing, g)
+            if decoder_noise:
+                x = decoder_likelihood(vae).draw(x, generator=g)
+        parts.append(x.float().cpu())
+        rows += parts[-1].shape[0]
+        if rows >= chunk:
+            yield torch.cat(parts)
+            parts, rows = [], 0
+    if parts:
+        yield torch.cat(parts)
+
+
+def generate(vae, n: int, alpha: float, routing: str, seed: int, batch: int, device,
+             decoder_noise: bool = False) -> torch.Tensor:
+    """generate_chunks, concatenated in memory."""
+    return torch.cat(list(generate_chunks(vae, n, alpha, routing, seed, batch, device, decoder_noise,
+                                          chunk=n)))
 
 
 @torch.no_grad()
@@ -156,8 +172,8 @@ def reconstruct(vae, ds_or_x, seed: int, batch: int, device, progress: bool = Fa
     recons, sse = [], []
     starts = range(0, n, batch)
     if progress and n > 20 * batch:
-        from tqdm import tqdm
-        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
+        from ..progress import progress_bar
+        starts = progress_bar(starts, desc=desc, unit="batch")
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for s in starts:
@@ -228,6 +244,8 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
 
     if opts.model not in MODELS:
         raise ConfigError(f"the evaluated model must be one of {MODELS}, got {opts.model!r}")
+    out = opts.out or (run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run)))
+    check_out_dir(out, "--out")   # before any work; the folder is created when the report is written
     from ..data import load_dataset
     if opts.model == "expost":
         from ..training import load_expost
@@ -246,8 +264,6 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
     dev = next(vae.parameters()).device
     if proto.routing is None:   # the run's own routing (per-row for models without a routed prior)
         proto = dataclasses.replace(proto, routing=getattr(vae, "routing", None) or "per-row")
-    out = opts.out or (run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run)))
-    os.makedirs(out, exist_ok=True)
     threads = opts.threads if opts.threads is not None else getattr(cfg, "threads", None)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"--threads must be a positive integer, got {threads!r}")
@@ -263,6 +279,10 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
         raise ConfigError(f"the Inception Score over --is-splits {proto.is_splits} needs --n-fake >= "
                           f"{proto.is_splits}, got {proto.n_fake}")
     notes: List[str] = []
+    untrained = _untrained_stages(run) if opts.model == "vae" else []
+    if untrained:
+        notes.append(f"this run is untrained ({', '.join(untrained)}: 0 epochs): these are the "
+                     "metrics of a model at its initialisation")
     timings: Dict[str, float] = {}
     inception_net = None
     if inception_wanted:               # first, so missing weights fail before any work
@@ -340,11 +360,11 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
         # -- real data, reconstructions ---------------------------------------------------------
         png_dir = os.path.join(out, "eval_png")
 
-        def as_seen(x: torch.Tensor, name: str) -> torch.Tensor:
+        def as_seen(x: torch.Tensor, name: str, start: int = 0) -> torch.Tensor:
             x = prep(x)
             if proto.png:
                 from .images import png_roundtrip
-                x = png_roundtrip(x, os.path.join(png_dir, name))
+                x = png_roundtrip(x, os.path.join(png_dir, name), start)
             return x
 
         results: Dict[str, Any] = {}
@@ -425,17 +445,36 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
         grids: Dict[float, torch.Tensor] = {}
         headline_samples = None
         t = time.time()
+        n_grid = opts.grid_size if info.kind == "image" else max(opts.grid_size, N_SCATTER)
+        keep_headline = "centres" in info.extra   # the clusters' mode counts need the samples
         for a in alphas:
-            x = generate(vae, proto.n_fake, a, proto.routing, proto.seed + SAMPLE_SEED_OFFSET,
-                         proto.gen_batch_size, dev, proto.decoder_noise)
-            if not torch.isfinite(x).all():
-                raise DataError(f"the model generated NaN or inf at alpha {a:g}")
-            x = as_seen(x, f"samples_alpha_{a:g}")
-            if a == headline:
-                headline_samples = x
-            grids[a] = x[:opts.grid_size if info.kind == "image" else max(opts.grid_size, N_SCATTER)]
+            # Streamed in chunks: only the features (and the Inception logits) of all n_fake samples
+            # are kept, never the samples themselves, so memory does not grow with the image size.
+            feats: Dict[str, List[np.ndarray]] = {sp.key: [] for sp in spaces}
+            logits: Dict[str, List[np.ndarray]] = {sp.key: [] for sp in spaces}
+            grid_parts, head_parts, seen = [], [], 0
+            for x in generate_chunks(vae, proto.n_fake, a, proto.routing, proto.seed + SAMPLE_SEED_OFFSET,
+                                     proto.gen_batch_size, dev, proto.decoder_noise,
+                                     chunk=max(proto.gen_batch_size, EVAL_CHUNK)):
+                if not torch.isfinite(x).all():
+                    raise DataError(f"the model generated NaN or inf at alpha {a:g}")
+                x = as_seen(x, f"samples_alpha_{a:g}", seen)
+                if seen < n_grid:
+                    grid_parts.append(x[:n_grid - seen])
+                if a == headline and keep_headline:
+                    head_parts.append(x)
+                for sp in spaces:
+                    f, lg = sp.fn(x, sp.key == "inception" and "is" in metrics)
+                    feats[sp.key].append(f)
+                    if lg is not None:
+                        logits[sp.key].append(lg)
+                seen += x.shape[0]
+            grids[a] = torch.cat(grid_parts)
+            if head_parts:
+                headline_samples = torch.cat(head_parts)
             for sp in spaces:
-                f, lg = sp.fn(x, sp.key == "inception" and "is" in metrics)
+                f = np.concatenate(feats.pop(sp.key))
+                lg = np.concatenate(logits[sp.key]) if logits[sp.key] else None
                 r = per_alpha[a]
                 if sp in fd_spaces:
                     r[sp.fd_key] = frechet_distance(*real_stats[sp.key], *gaussian_stats(f), eps=proto.eps)
@@ -503,6 +542,7 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
         "protocol": dict(pdict, n_real_used=m, paper_default=proto.is_paper_default),
         "feature_nets": feature_nets, "metrics": results, "sweep": sweep_report,
         "per_alpha": {f"{a:g}": per_alpha[a] for a in alphas}, "notes": notes,
+        "untrained_stages": untrained,
     }
     report["_grids"] = grids
     if info.kind != "image":
@@ -510,6 +550,17 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
     timings["total"] = time.time() - t0
     report["seconds"] = {k: round(v, 3) for k, v in timings.items()}
     return report
+
+
+def _untrained_stages(run: str) -> List[str]:
+    """The run's train stages given 0 epochs, from its summary.json (none when it has no summary)."""
+    import json
+    folder = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
+    try:
+        with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
+            return list(json.load(f).get("untrained_stages") or [])
+    except (OSError, ValueError):
+        return []
 
 
 def _pr(real, fake, k):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..progress import shorten
 
 FORMAT = "xvae_fast.checkpoint"
 VERSION = 1
@@ -115,7 +116,7 @@ def load_checkpoint(run_or_file: str, map_location="cpu") -> Dict[str, Any]:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         detail = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
         raise CheckpointError(f"checkpoint {path!r} is corrupt or unreadable "
-                              f"({type(exc).__name__}: {detail[:300]}); restore it from a backup or "
+                              f"({type(exc).__name__}: {shorten(detail)}); restore it from a backup or "
                               "start a new run") from exc
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path!r} is not an xvae_fast trainer checkpoint")

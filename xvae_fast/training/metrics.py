@@ -83,7 +83,9 @@ def table_row(summary: Dict) -> str:
 
     def f(v: Optional[float]) -> str:
         return "-" if v is None else f"{v:.4g}"
-    row = (f"{summary['model_name']}: train {f(tr.get('loss'))}  test {f(te.get('loss'))}  recon "
+    untrained = summary.get("untrained_stages")
+    row = ((f"UNTRAINED ({', '.join(untrained)}: 0 epochs) " if untrained else "") +
+           f"{summary['model_name']}: train {f(tr.get('loss'))}  test {f(te.get('loss'))}  recon "
            f"{f(te.get('recon'))}")
     if "kl" in te:
         row += (f"  KL {f(te.get('kl'))} (categorical {f(te.get('kl_cat'))}, "

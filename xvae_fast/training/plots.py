@@ -142,7 +142,8 @@ def _xy(x: np.ndarray):
 def save_scatter(sets: Sequence[np.ndarray], labels: Sequence[str], path: str, title: str = "",
                  panels: bool = False, reference: Optional[np.ndarray] = None) -> None:
     """Scatter plots of 2-D vector data (the first two features of wider data). With panels=True,
-    one panel per set, each over the `reference` points in grey."""
+    one panel per set, each over the `reference` points in grey; otherwise the sets share one panel,
+    over the `reference` points drawn faintly."""
     plt = _plt()
     dim_note = "" if sets[0].shape[1] <= 2 else f" (features 1-2 of {sets[0].shape[1]})"
     if panels:
@@ -156,7 +157,11 @@ def save_scatter(sets: Sequence[np.ndarray], labels: Sequence[str], path: str, t
             ax.set_aspect("equal", adjustable="box")
     else:
         fig, ax = plt.subplots(figsize=(4.6, 4.2))
+        if reference is not None:   # the training data, faint, beneath the sets
+            ax.scatter(*_xy(reference), s=3, c="0.55", alpha=0.25, linewidths=0, label="training data")
         colors = ["0.75", "tab:blue", "tab:orange", "tab:green", "tab:red"]
+        if reference is not None:
+            colors = colors[1:]
         for i, (s, lab) in enumerate(zip(sets, labels)):
             ax.scatter(*_xy(s), s=4, c=colors[i % len(colors)], label=lab)
         ax.legend(fontsize=8, markerscale=3)

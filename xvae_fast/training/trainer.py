@@ -34,9 +34,11 @@ import torch
 from .. import __version__
 from ..config import RUNTIME_KEYS, TrainConfig, resolve, save_config
 from ..data import DataBundle, DataInfo, describe, load_dataset, parse_dataset_spec
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingInterrupted
 from ..prior import MixturePrior
 from ..models import Stage, build_recipe, get_ops, ops_name
+from ..outpaths import make_out_dir, remove_created
+from ..progress import progress_bar
 from . import checkpoint as ckpt
 from .metrics import TensorBoardLogger, table_row, write_json, write_metrics
 
@@ -108,7 +110,19 @@ class Trainer:
         else:
             cfg = resolve(cfg)
         self.cfg = cfg
+        self._created_dir: Optional[str] = None
         self.run_dir = self._prepare_run_dir()
+        try:
+            self._setup()
+        except BaseException:
+            # a data, device or model error before any work: leave no empty run folder behind
+            remove_created(self._created_dir)
+            if hasattr(self, "_threads_before"):
+                torch.set_num_threads(self._threads_before)
+            raise
+
+    def _setup(self) -> None:
+        cfg = self.cfg
         self._threads_before = torch.get_num_threads()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -147,6 +161,15 @@ class Trainer:
             self.recipe.on_new_run(self)
         self.log(f"data {describe(self.data)}; model {self.model_name}; ops {ops_name(self.ops)}; "
                  f"device {self.device}")
+        if self.untrained_stages:
+            self.log(f"warning: {', '.join(self.untrained_stages)} ha{'s' if len(self.untrained_stages) == 1 else 've'} "
+                     "0 epochs: the model it trains stays at its initialisation, and the run is "
+                     "reported as untrained (summary.json 'untrained_stages')")
+
+    @property
+    def untrained_stages(self) -> List[str]:
+        """Labels of the train stages given 0 epochs (e.g. --epochs-vae 0 to share a stage 1)."""
+        return [f"stage {s.label}" for s in self.stages if s.kind == "train" and s.epochs == 0]
 
     # -- setup helpers ------------------------------------------------------------------------------
     def _check_likelihood_data(self) -> None:
@@ -231,7 +254,7 @@ class Trainer:
                     shutil.rmtree(p)
                 else:
                     os.unlink(p)
-        os.makedirs(out, exist_ok=True)
+        self._created_dir = make_out_dir(out, "--out")
         self.cfg = cfg = cfg.replace(out=out)
         return out
 
@@ -436,9 +459,8 @@ class Trainer:
                 self.running["n"] = 0.0
             bar = None
             if cfg.progress:
-                from tqdm import tqdm
-                bar = tqdm(total=nb, initial=self.batch, desc=f"{stage.label} epoch {self.epoch + 1}/{epochs}",
-                           leave=False, dynamic_ncols=True, file=sys.stderr, disable=None)
+                bar = progress_bar(total=nb, initial=self.batch, unit="batch",
+                                   desc=f"{stage.label} epoch {self.epoch + 1}/{epochs}")
             try:
                 for x in self._batches(ds, order, self.batch, nb):
                     x = x.to(self.device, non_blocking=True)
@@ -561,6 +583,8 @@ class Trainer:
             "prior_fit": None,
             # paper Table 4: trainable parameters of the generative model, and of its prior alone
             "params": gen.param_counts(),
+            # train stages given 0 epochs: their objectives are those of an untrained model
+            "untrained_stages": self.untrained_stages,
         }
         if len(objectives) > 1:
             summary["stages"] = objectives
@@ -600,8 +624,14 @@ def _read_json(path: str):
 
 
 def train(cfg: TrainConfig, explicit: Optional[Set[str]] = None, verbose: bool = True) -> RunResult:
-    """Train (or resume, with cfg.resume) and return the RunResult."""
-    return Trainer(cfg, explicit=explicit, verbose=verbose).run()
+    """Train (or resume, with cfg.resume) and return the RunResult. Ctrl-C raises TrainingInterrupted
+    (a KeyboardInterrupt) naming the run folder; the last checkpoint is kept."""
+    trainer = Trainer(cfg, explicit=explicit, verbose=verbose)
+    try:
+        return trainer.run()
+    except KeyboardInterrupt as exc:
+        resumable = os.path.isfile(os.path.join(trainer.run_dir, ckpt.CHECKPOINT))
+        raise TrainingInterrupted(trainer.run_dir, resumable) from exc
 
 
 def load_recipe(run_dir: str, device: str = "cpu"):
