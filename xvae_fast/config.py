@@ -49,7 +49,7 @@ SCHEDULES = ("none", "cosine")
 
 # Keys that may differ between a checkpoint's config and the config given with --resume.
 RUNTIME_KEYS = ("device", "progress", "tensorboard", "num_workers", "stop_after", "checkpoint_every",
-                "resume", "config", "overwrite", "out", "threads")
+                "resume", "config", "overwrite", "out", "threads", "compile")
 
 
 @dataclasses.dataclass
@@ -121,6 +121,7 @@ class TrainConfig:
     # runtime
     device: str = "auto"
     amp: str = "none"
+    compile: bool = False                    # torch.compile the training step's loss (runtime only)
     threads: Optional[int] = None
     num_workers: int = 0
     out: Optional[str] = None

@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("runtime and outputs")
     g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     g.add_argument("--amp", choices=["none", "bf16"], help="mixed precision: bf16 autocast")
+    g.add_argument("--compile", action="store_true", help="torch.compile the training step's loss "
+                   "(forward and backward; the fused ops are compile-safe): slower start, faster steps "
+                   "on large nets (bench/step.py); a runtime option, so --resume may add or drop it")
     g.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: 1 for the bundled "
                    "digits and clusters, whose nets are tiny; else torch's default)")
     g.add_argument("--num-workers", type=int, metavar="N", help="data-loading workers for large "

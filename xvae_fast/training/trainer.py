@@ -138,6 +138,9 @@ class Trainer:
         self.recipe = build_recipe(cfg, self.info, self.ops).to(self.device)
         self.recipe.set_total_steps(self._steps_per_epoch())  # schedules over the training
         self.stages: List[Stage] = self.recipe.stages()
+        # --compile: one compiled loss for every train stage (dynamo specialises per stage and
+        # marks the batch size dynamic once a second size is seen, e.g. a short last batch)
+        self._loss = torch.compile(self.recipe.loss) if cfg.compile else self.recipe.loss
         train_stages = [s for s in self.stages if s.kind == "train"]
         self.opt = {s.name: self.recipe.make_optimizer(s) for s in train_stages}
         self.sched = {s.name: self._make_scheduler(s) for s in train_stages}
@@ -394,7 +397,7 @@ class Trainer:
         opt = self.opt[stage.name]
         self.recipe.set_step(self.step)
         with self._autocast():
-            terms = self.recipe.loss(stage, x)
+            terms = self._loss(stage, x)
         vec = torch.stack([terms[k].detach().float() for k in stage.terms]).cpu()
         values = dict(zip(stage.terms, vec.tolist()))
         if not bool(torch.isfinite(vec).all()):
