@@ -1,4 +1,6 @@
-"""Microbenchmarks of the fused ops against the eager reference and torch.compile of the reference.
+"""Microbenchmarks of the fused ops against their peers: the leanest plain-PyTorch formulation a
+user would write (bench/peers.py), eager and under torch.compile. (The mixed routed-transport plans
+have no lean formulation; their peer is the vectorised `xvae_fast.reference`.)
 
     python bench/run.py            # full grid (B 128..65536, K 3/64/256, float32 and bfloat16)
     python bench/run.py --quick    # a small grid, a few minutes on a 2-core CPU
@@ -9,7 +11,7 @@ ratio of each peer to the fused op measured in the same run, the op's peak extra
 max_memory_allocated above the inputs; CPU: the peak of bytes allocated during one call, from the
 profiler's allocation events) and its effective bandwidth: the bytes the op must read and write,
 divided by its time, as a fraction of this device's copy bandwidth measured in the same run.
-mixture_log_prob:C times N = B points in d = K dimensions against C components, plus the
+The "eager" and "compile" columns are those peers. mixture_log_prob:C times N = B points in d = K dimensions against C components, plus the
 (N, C, d) sizes of MIXTURE_CASES. component_kl and mixture_bound:tight / :mixture (C = K components)
 are compared with the leanest plain-PyTorch formulation a user would write (the exact broadcast
 (B, C, K) form of D, then logsumexp or the softplus weights), eager and compiled, and also with the
@@ -35,6 +37,9 @@ import torch
 
 import xvae_fast as xf
 from xvae_fast import reference as R
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402  (bench/peers.py: the lean plain-PyTorch formulations)
 
 FULL_B = (128, 1024, 8192, 65536)
 FULL_K = (3, 64, 256)
@@ -154,25 +159,33 @@ def make_case(op: str, B: int, K: int, dtype: torch.dtype, device: torch.device)
     if name == "mixture_kl":
         l, mu, lv = x(), x(), x()
         fused = lambda l, mu, lv: xf.mixture_kl(l, mu, lv, prior, "mean")[0]
-        ref = lambda l, mu, lv: R.mixture_kl(l, mu, lv, prior, "mean")[0]
+        _, logw, _, _, m, s = prior.tensors_for(dtype, device)
+        ref = lambda l, mu, lv: peers.mixture_kl(l.float(), mu.float(), lv.float(), logw, m, s).to(dtype)
         # forward reads logits, mu, logvar; backward reads them again and writes three gradients
         return Case(op, B, K, dtype, fused, ref, (l, mu, lv), (0, 1, 2), 3 * BK * item, 9 * BK * item)
     if name == "gaussian_kl":
         mu, lv = x(), x()
         m, s = prior.diag()
         fused = lambda mu, lv: xf.gaussian_kl(mu, lv, m, s, "mean")
-        ref = lambda mu, lv: R.gaussian_kl(mu, lv, m, s, "mean")
+        ref = lambda mu, lv: peers.gaussian_kl(mu.float(), lv.float(), m, s).to(dtype)
         return Case(op, B, K, dtype, fused, ref, (mu, lv), (0, 1), 2 * BK * item, 6 * BK * item)
     if name == "routed_transport":
         l, mu, lv = x(), x(), x()
         pi_q = xf.responsibilities(l).detach()
         fused = lambda mu, lv: xf.routed_transport(mu, lv, prior, variant, pi_q)
-        ref = lambda mu, lv: R.routed_transport(mu, lv, prior, variant, pi_q)
+        w, _, M, S, m, s = prior.tensors_for(dtype, device)
+        if variant == "full":
+            ref = lambda mu, lv: peers.routed_transport_full(mu.float(), lv.float(), w, M, S, m, s).to(dtype)
+        elif variant == "matched":
+            ref = lambda mu, lv: peers.routed_transport_matched(mu.float(), lv.float()).to(dtype)
+        else:   # no lean formulation of the mixed plans: the (vectorised) reference is the peer
+            ref = lambda mu, lv: R.routed_transport(mu, lv, prior, variant, pi_q)
         # forward: read mu, logvar, write z; backward: read dz, z, mu, write two gradients
         return Case(op, B, K, dtype, fused, ref, (mu, lv), (0, 1), 3 * BK * item, 8 * BK * item)
     if name == "sample_prior":
         fused = lambda: xf.sample_prior(prior, B, 1.0, variant)
-        ref = lambda: R.sample_prior(prior, B, 1.0, variant)
+        w, _, M, S, _, _ = prior.tensors_for(torch.float32, device)
+        ref = lambda: peers.sample_prior(w, M, S, B, variant)
         f32 = 4
         return Case(op, B, K, torch.float32, fused, ref, (), (), BK * f32, BK * f32)
     if name == "mixture_log_prob":
@@ -183,7 +196,7 @@ def make_case(op: str, B: int, K: int, dtype: torch.dtype, device: torch.device)
         lv = (torch.randn(C, K, generator=g) * 0.3).to(device=device, dtype=dtype).requires_grad_()
         # forward reads z and the tables, writes (N,); backward also writes dz and the table grads
         params = (C + 2 * C * K) * item
-        return Case(op, B, K, dtype, xf.mixture_log_prob, R.mixture_log_prob, (z, lw, m, lv),
+        return Case(op, B, K, dtype, xf.mixture_log_prob, peers.mixture_log_prob, (z, lw, m, lv),
                     (0, 1, 2, 3), BK * item + params + B * item, 2 * BK * item + 3 * params + 2 * B * item)
     if name in ("component_kl", "mixture_bound"):
         return _component_kl_case(op, variant, B, K, dtype, device, prior, x)

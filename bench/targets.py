@@ -1,5 +1,6 @@
-"""Issue-2 speed targets on this CPU: B=4096, K=256, float32, forward+backward, fused vs the eager
-reference vs torch.compile of the reference (compile time excluded), all ratios from one run.
+"""Speed targets on this CPU: B=4096, K=256, float32, forward+backward, the fused op vs the leanest
+plain-PyTorch formulation a user would write (bench/peers.py), eager and under torch.compile
+(compile time excluded), timed in rotation in one run, with each op's distance from its floor.
 
     python bench/targets.py [--B 4096] [--K 256] [--repeats 30]
     python bench/targets.py --component-kl [--repeats 30]
@@ -19,7 +20,6 @@ import time
 import torch
 
 import xvae_fast as xf
-from xvae_fast import reference as R
 
 
 def median_time(fn, repeats, warmup=10):
@@ -47,49 +47,62 @@ def main():
     if a.component_kl:
         component_kl_targets(a.repeats)
         return
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import peers
+    from run import copy_bandwidth
     B, K = a.B, a.K
     torch.manual_seed(0)
     w = torch.rand(K) + 0.1
     prior = xf.MixturePrior(w / w.sum(), torch.randn(K, K), torch.rand(K, K) + 0.5)
-    l, mu, lv = (torch.randn(B, K).requires_grad_() for _ in range(3))
+    wt, logw, M, S, m, s = prior.tensors_for(torch.float32, "cpu")
+    l, mu, lv = ((torch.randn(B, K) * 0.5).requires_grad_() for _ in range(3))
     gz = torch.randn(B, K)
 
-    def kl_step(fn):
-        def run():
-            total, _, _ = fn(l, mu, lv, prior, "mean")
-            torch.autograd.grad(total, (l, mu, lv))
-        return run
+    def grad_of(out, ins, g=None):
+        return lambda: torch.autograd.grad(out(), ins, g)
 
-    def rt_step(fn):
-        def run():
-            z = fn(mu, lv, prior, "full")
-            torch.autograd.grad(z, (mu, lv), gz)
-        return run
-
-    def rt_fwd(fn):
-        return lambda: fn(mu.detach(), lv.detach(), prior, "full")
-
-    comp_kl = torch.compile(R.mixture_kl)
-    comp_rt = torch.compile(R.routed_transport)
-    rows = []
-    t = {}
-    t["kl_fused"] = median_time(kl_step(xf.mixture_kl), a.repeats)
-    t["kl_eager"] = median_time(kl_step(R.mixture_kl), a.repeats)
-    t["kl_compile"] = median_time(kl_step(comp_kl), a.repeats)
-    t["rt_fused"] = median_time(rt_step(xf.routed_transport), a.repeats)
-    t["rt_eager"] = median_time(rt_step(R.routed_transport), a.repeats)
-    t["rt_compile"] = median_time(rt_step(comp_rt), a.repeats)
-    t["rt_fused_fwd"] = median_time(rt_fwd(xf.routed_transport), a.repeats)
-    t["randn"] = median_time(lambda: torch.randn(B, K), a.repeats)
-    print(f"B={B} K={K} float32 threads={torch.get_num_threads()} (medians, ms)")
-    for k, v in t.items():
-        print(f"  {k:14s} {v * 1e3:8.3f}")
-    print(f"mixture_kl fwd+bwd: {t['kl_eager'] / t['kl_fused']:.2f}x eager (target 3x), "
-          f"{t['kl_compile'] / t['kl_fused']:.2f}x compile (target 1.5x)")
-    print(f"routed_transport full fwd+bwd: {t['rt_eager'] / t['rt_fused']:.2f}x eager, "
-          f"{t['rt_compile'] / t['rt_fused']:.2f}x compile (target 5x both); "
-          f"fwd+bwd / randn = {t['rt_fused'] / t['randn']:.2f}, fwd / randn = "
-          f"{t['rt_fused_fwd'] / t['randn']:.2f} (target <= 2)")
+    # op: (fused step, lean step builder (fn -> step), lean fn, bytes moved fwd+bwd)
+    item, BK = 4, B * K
+    ops = {
+        "mixture_kl": (grad_of(lambda: xf.mixture_kl(l, mu, lv, prior, "mean")[0], (l, mu, lv)),
+                       lambda f: grad_of(lambda: f(l, mu, lv, logw, m, s), (l, mu, lv)),
+                       peers.mixture_kl, 9 * BK * item),
+        "gaussian_kl": (grad_of(lambda: xf.gaussian_kl(mu, lv, m, s, "mean"), (mu, lv)),
+                        lambda f: grad_of(lambda: f(mu, lv, m, s), (mu, lv)), peers.gaussian_kl,
+                        6 * BK * item),
+        "routed_transport:full": (grad_of(lambda: xf.routed_transport(mu, lv, prior, "full"), (mu, lv), gz),
+                                  lambda f: grad_of(lambda: f(mu, lv, wt, M, S, m, s), (mu, lv), gz),
+                                  peers.routed_transport_full, 8 * BK * item),
+        "routed_transport:matched": (grad_of(lambda: xf.routed_transport(mu, lv, prior, "matched"), (mu, lv), gz),
+                                     lambda f: grad_of(lambda: f(mu, lv), (mu, lv), gz),
+                                     peers.routed_transport_matched, 8 * BK * item),
+    }
+    bw = copy_bandwidth(torch.device("cpu"))
+    t_exp = peers.exp_rate()
+    print(f"B={B} K={K} float32, forward+backward, threads={torch.get_num_threads()}; copy bandwidth "
+          f"{bw / 1e9:.1f} GB/s, torch.exp {t_exp * 1e9:.2f} ns/element (medians, ms; compile time "
+          "excluded). Peers: the lean plain-PyTorch formulations of bench/peers.py")
+    print(f"  {'op':26s} {'fused':>8s} {'eager':>8s} {'compile':>8s} {'x eager':>8s} {'x comp':>7s}"
+          f" {'floor':>7s} {'x floor':>8s}")
+    verdicts = []
+    for name, (fused, lean_step, lean, nbytes) in ops.items():
+        t = interleaved_medians({"fused": fused, "eager": lean_step(lean),
+                                 "compile": lean_step(torch.compile(lean))}, a.repeats)
+        floor = peers.floor_seconds(nbytes, peers.TRANSCENDENTALS_FWDBWD[name] * BK, bw, t_exp)
+        f = t["fused"]
+        print(f"  {name:26s} {f * 1e3:8.3f} {t['eager'] * 1e3:8.3f} {t['compile'] * 1e3:8.3f} "
+              f"{t['eager'] / f:7.2f}x {t['compile'] / f:6.2f}x {floor * 1e3:7.3f} {f / floor:7.2f}x")
+        verdicts.append((name, t["eager"] / f >= 2.0, t["compile"] / f >= 1.5))
+    print("targets: >= 2x eager and >= 1.5x torch.compile of the lean peer; x floor: fused time over the "
+          "larger of (bytes / copy bandwidth) and (transcendentals x exp time)")
+    for name, ok_e, ok_c in verdicts:
+        print(f"  {name}: eager {'met' if ok_e else 'MISSED'}, compile {'met' if ok_c else 'MISSED'}")
+    # sample_prior (no backward): the per-coordinate prior draw vs its lean peer
+    t = interleaved_medians({"fused": lambda: xf.sample_prior(prior, B),
+                             "eager": lambda: peers.sample_prior(wt, M, S, B),
+                             "randn": lambda: torch.randn(B, K)}, a.repeats)
+    print(f"sample_prior per-coordinate: fused {t['fused'] * 1e3:.3f} ms, lean {t['eager'] * 1e3:.3f} ms "
+          f"({t['eager'] / t['fused']:.2f}x), randn alone {t['randn'] * 1e3:.3f} ms")
 
 
 def interleaved_medians(fns, repeats, warmup=10):

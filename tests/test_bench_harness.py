@@ -41,3 +41,38 @@ def test_bench_compile_peer_over_several_latent_sizes(tmp_path):
     assert len(report["results"]) == 8
     assert all(r["speedup_vs_compile"] > 0 for r in report["results"])
     assert len(report["compile_seconds"]) == 4  # (fwd, fwd+bwd) x (K = 3, 4); B is dynamic
+
+
+def test_lean_peers_compute_the_ops():
+    # The bench's lean peers (bench/peers.py) must time the same math as the fused ops.
+    import torch
+
+    import xvae_fast as xf
+    sys.path.insert(0, str(BENCH.parent))
+    import peers
+    torch.manual_seed(0)
+    B, K = 64, 6
+    w = torch.rand(K, dtype=torch.float64) + 0.1
+    prior = xf.MixturePrior(w / w.sum(), torch.randn(K, K, dtype=torch.float64),
+                            torch.rand(K, K, dtype=torch.float64) + 0.5)
+    wt, logw, M, S, m, s = prior.tensors_for(torch.float64, "cpu")
+    l, mu, lv = (torch.randn(B, K, dtype=torch.float64) * 0.5 for _ in range(3))
+    torch.testing.assert_close(peers.mixture_kl(l, mu, lv, logw, m, s), xf.mixture_kl(l, mu, lv, prior)[0])
+    torch.testing.assert_close(peers.gaussian_kl(mu, lv, m, s), xf.gaussian_kl(mu, lv, m, s, "mean"))
+    lw = torch.log_softmax(torch.randn(5, dtype=torch.float64), 0)
+    means, lvs = torch.randn(5, K, dtype=torch.float64), torch.randn(5, K, dtype=torch.float64) * 0.3
+    torch.testing.assert_close(peers.mixture_log_prob(mu, lw, means, lvs), xf.mixture_log_prob(mu, lw, means, lvs))
+    # the random ones agree in distribution: moments of many draws
+    n = 200000
+    big_mu, big_lv = torch.zeros(n, K, dtype=torch.float64), torch.zeros(n, K, dtype=torch.float64)
+    z_lean = peers.routed_transport_full(big_mu, big_lv, wt, M, S, m, s)
+    z_fused = xf.routed_transport(big_mu, big_lv, prior, "full")
+    torch.testing.assert_close(z_lean.mean(0), z_fused.mean(0), atol=0.03, rtol=0)
+    torch.testing.assert_close(z_lean.std(0), z_fused.std(0), atol=0.03, rtol=0)
+    zm = peers.routed_transport_matched(big_mu, big_lv)
+    torch.testing.assert_close(zm.std(0), xf.routed_transport(big_mu, big_lv, prior, "matched").std(0),
+                               atol=0.02, rtol=0)
+    for routing in ("per-coordinate", "per-row"):
+        a, b = peers.sample_prior(wt, M, S, n, routing), xf.sample_prior(prior, n, 1.0, routing)
+        torch.testing.assert_close(a.mean(0), b.mean(0), atol=0.03, rtol=0)
+        torch.testing.assert_close(a.std(0), b.std(0), atol=0.03, rtol=0)
