@@ -1,8 +1,11 @@
 """Build of xvae_fast's compiled extension (xvae_fast._C).
 
 Environment switches:
-  XVAE_FAST_CUDA=auto|1|0   build the CUDA kernels: auto (default) when torch has CUDA and a toolkit
-                            is found; 1 forces them (error on a CPU-only torch); 0 builds CPU only.
+  XVAE_FAST_CUDA=auto|1|0   build the CUDA kernels: auto (default) when torch has CUDA, a toolkit is
+                            found and a GPU is visible or TORCH_CUDA_ARCH_LIST names the targets (a
+                            GPU-less machine with PyPI's CUDA torch then builds CPU only, in a
+                            minute, instead of every architecture); 1 forces them (error on a
+                            CPU-only torch); 0 builds CPU only.
   XVAE_FAST_CPU_AVX2=auto|1|0  compile the CPU kernels for AVX2+FMA (auto: when this machine has it).
   XVAE_FAST_DEBUG=1         -O0 -g.
 """
@@ -38,7 +41,14 @@ def _want_cuda():
         if CUDA_HOME is None:
             raise SystemExit("XVAE_FAST_CUDA=1, but no CUDA toolkit was found (set CUDA_HOME).")
         return True
-    return has_torch_cuda and CUDA_HOME is not None
+    if not has_torch_cuda or CUDA_HOME is None:
+        return False
+    if os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip():
+        return True
+    try:
+        return torch.cuda.is_available()
+    except Exception:  # a driver problem: no GPU to build for
+        return False
 
 
 def _cpu_has_avx2():

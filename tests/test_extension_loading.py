@@ -3,6 +3,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import xvae_fast
 
 # The folder holding the xvae_fast under test (installed, or a built source tree).
@@ -65,3 +67,39 @@ def test_source_checkout_in_cwd_uses_the_installed_build(tmp_path):
             f"assert xf.__file__.startswith({str(checkout)!r}), xf.__file__; "
             "assert xf.extension_available(); print('ok')")
     _python_ok(code, checkout)
+
+
+def test_setup_builds_cuda_kernels_only_for_a_visible_gpu_or_named_targets(monkeypatch):
+    """setup.py's XVAE_FAST_CUDA=auto: a CUDA torch and a toolkit are not enough on a GPU-less machine
+    (it would compile every architecture); a visible GPU or TORCH_CUDA_ARCH_LIST is."""
+    import os
+    import types
+
+    import setuptools
+    import torch
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: None)
+    ns = {"__file__": os.path.join(root, "setup.py"), "__name__": "setup_under_test"}
+    src = open(os.path.join(root, "setup.py")).read()
+    exec(compile(src, "setup.py", "exec"), ns)
+    want = ns["_want_cuda"]
+    monkeypatch.setitem(ns, "CUDA_HOME", "/usr/local/cuda")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    for env, gpu, expected in ((None, False, False), (None, True, True), ("9.0", False, True)):
+        monkeypatch.delenv("XVAE_FAST_CUDA", raising=False)
+        if env is None:
+            monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+        else:
+            monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", env)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda g=gpu: g)
+        assert want() is expected, (env, gpu)
+    monkeypatch.setenv("XVAE_FAST_CUDA", "0")
+    assert want() is False
+    monkeypatch.setitem(ns, "CUDA_HOME", None)
+    monkeypatch.setenv("XVAE_FAST_CUDA", "auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert want() is False   # no toolkit
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setenv("XVAE_FAST_CUDA", "1")
+    with pytest.raises(SystemExit, match="CPU-only build"):
+        want()
