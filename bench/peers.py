@@ -2,8 +2,10 @@
 paper's code writes it), timed eager and under torch.compile against the fused op. Correctness
 lives in `xvae_fast.reference` (heavier: stable for every documented input, replayable noise);
 these are for speed only, with the same math at the benchmarked inputs (checked by
-`tests/test_bench_harness.py`). The floor of an op is the larger of its memory traffic at the
-measured copy bandwidth and its transcendental evaluations at the measured `torch.exp` rate."""
+`tests/test_bench_harness.py`). The floor of an op is its memory traffic at the measured copy
+bandwidth: a strict lower bound. Its transcendental count at torch.exp's measured rate is printed
+beside it as a second estimate, not a bound (the fused kernels' vectorised exponentials beat
+torch.exp's rate here)."""
 from __future__ import annotations
 
 import math
@@ -75,15 +77,21 @@ def _median(fn, repeats=20):
     return sorted(ts)[len(ts) // 2]
 
 
-def exp_rate(n: int = 1 << 22, device="cpu") -> float:
-    """Seconds per element of torch.exp on float32, in place (memory-light), on this device."""
-    x = torch.rand(n, device=device)
-    return _median(lambda: torch.exp_(x.fill_(0.5))) / n
+def exp_rate(n: int = 1 << 17, rounds: int = 32, device="cpu") -> float:
+    """Seconds per element of torch.exp on float32 between two cache-resident tensors (512 KB each,
+    large enough for every thread: the compute rate, not the memory's), on this device."""
+    x = torch.rand(n, device=device) - 0.5
+    y = torch.empty_like(x)
+
+    def run():
+        for _ in range(rounds):
+            torch.exp(x, out=y)
+    return _median(run, repeats=10) / (n * rounds)
 
 
-def floor_seconds(nbytes: float, n_transcendental: float, copy_bw: float, t_exp: float) -> float:
-    """The larger of the traffic time and the transcendental time (each a lower bound alone)."""
-    return max(nbytes / copy_bw, n_transcendental * t_exp)
+def floor_seconds(nbytes: float, copy_bw: float) -> float:
+    """The traffic floor: the bytes the op must read and write, at the copy bandwidth."""
+    return nbytes / copy_bw
 
 
 # Transcendental evaluations per element of a (B, K) input, forward + backward, in the fused kernels
