@@ -172,7 +172,13 @@ def test_interrupt_message_names_the_real_run_folder(tmp_path):
         time.sleep(0.2)
     time.sleep(0.5)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    try:
+        _, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        # CPython can lose a KeyboardInterrupt raised inside a finalizer ("Exception ignored in
+        # ..."), rarely, on a loaded machine; a user presses Ctrl-C again, and so does this test.
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert f"--resume '{run}'" in err, err
     assert "RUN_DIR" not in err
@@ -211,19 +217,34 @@ def test_corrupt_checkpoint_message_cut_at_a_word(tmp_path):
 MEMCAP = r'''
 import resource, runpy, sys
 lim = int(sys.argv[1]) * 2 ** 20
-resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
+if lim > 0:
+    resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
 sys.argv = ["xvae_fast.sample"] + sys.argv[2:]
-runpy.run_module("xvae_fast.sample", run_name="__main__")
+try:
+    runpy.run_module("xvae_fast.sample", run_name="__main__")
+except SystemExit as exc:
+    if exc.code:
+        raise
+peak = next(l for l in open("/proc/self/status") if l.startswith("VmPeak"))
+print("VMPEAK_KB", int(peak.split()[1]))
 '''
 
 
+def _capped_sample(cap_mb, run, n, out):
+    return subprocess.run([sys.executable, "-c", MEMCAP, str(cap_mb), "--run", run, "--n", str(n), "--out",
+                           str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
 def test_sample_streams_two_million_rows_under_a_memory_cap(runs, tmp_path):
-    # 2,000,000 rows decoded at once take over 1.2 GB here (the MLP's hidden layers); streamed in
-    # batches the process stays near its import size, so a 1000 MB address-space cap holds.
+    # The cap is the address space a 64-sample request peaks at (torch's libraries: ~1 GB for the
+    # CPU wheel, several for a CUDA one) plus 400 MB. 2,000,000 rows decoded at once need over 1 GB
+    # more (the MLP's hidden layers); streamed in batches they need about 60 MB.
+    base = _capped_sample(0, runs["clusters"], 64, tmp_path / "small.npy")
+    assert base.returncode == 0, base.stderr[-2000:]
+    base_mb = int(base.stdout.split("VMPEAK_KB")[1].split()[0]) // 1024
     out = tmp_path / "big.npy"
-    r = subprocess.run([sys.executable, "-c", MEMCAP, "1000", "--run", runs["clusters"], "--n", "2000000",
-                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    r = _capped_sample(base_mb + 400, runs["clusters"], 2_000_000, out)
     assert r.returncode == 0, r.stderr[-2000:]
     a = np.load(out, mmap_mode="r")
     assert a.shape == (2_000_000, 2) and a.dtype == np.float32
