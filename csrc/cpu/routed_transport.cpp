@@ -168,6 +168,40 @@ void routed_transport_kernel(const at::Tensor& mu, const at::Tensor& logvar, con
   comp_t* cp = P > 0 ? comp.data_ptr<comp_t>() : nullptr;
   const uint64_t off_blocks = offset / 4;
 
+  // Plans whose every coordinate is transported from its home component (matched): c = k, so
+  // eps = M[k,k] + S[k,k] eta and the whole row is vectorised; the same steps as the loop below
+  // (whose scalar gathers and plan decoding cost about as much as the draws).
+  bool all_home_transport = true;
+  for (int64_t k = 0; k < K; ++k)
+    all_home_transport &= plan_route(codes[k]) == kRouteHome && plan_source(codes[k]) == kSourcePrior &&
+                          !plan_direct(codes[k]);
+  if (all_home_transport) {
+    std::vector<acc_t> s_diag(K);
+    for (int64_t k = 0; k < K; ++k) s_diag[k] = S[k * K + k];
+    const int64_t rows_per_task = std::max<int64_t>(1, (int64_t(1) << 13) / std::max<int64_t>(K, 1));
+    parallel_tasks((B + rows_per_task - 1) / rows_per_task, [&](int64_t task) {
+      const int64_t i0 = task * rows_per_task, i1 = std::min(i0 + rows_per_task, B);
+      std::vector<acc_t> eta(K), zrow(K);
+      std::vector<uint32_t> word(K);
+      RowReader<scalar_t, acc_t> Mr(mup, K), Vr(lvp, K);
+      for (int64_t i = i0; i < i1; ++i) {
+        draw_span<acc_t>(seed, offset, i * K, (i + 1) * K, eta.data(), word.data());
+        const acc_t* mrow = Mr.row(i);
+        const acc_t* vrow = Vr.row(i);
+        constexpr bool same = std::is_same<scalar_t, acc_t>::value;
+        acc_t* zout = same ? reinterpret_cast<acc_t*>(zp + i * K) : zrow.data();
+        for_each_lane<acc_t>(K, [&](auto t, int64_t k) {
+          using T = decltype(t);
+          const T e = ld(m_diag.data() + k, t) + ld(s_diag.data() + k, t) * ld(eta.data() + k, t);
+          st(zout + k, transport(ld(mrow + k, t), ld(vrow + k, t), e, ld(m_diag.data() + k, t),
+                                 ld(inv_s_diag.data() + k, t)));
+        });
+        if (!same) store_row(zp + i * K, zrow.data(), K);
+      }
+    });
+    return;
+  }
+
   // 1.0 where the coordinate's z is its source noise (mode direct), 0.0 where it is transported.
   std::vector<acc_t> direct(K);
   for (int64_t k = 0; k < K; ++k) direct[k] = plan_direct(codes[k]) ? acc_t(1) : acc_t(0);
