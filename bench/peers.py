@@ -9,10 +9,14 @@ torch.exp's rate here)."""
 from __future__ import annotations
 
 import math
-import time
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import median_time  # noqa: E402
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -66,17 +70,6 @@ def mixture_log_prob(z, log_weights, means, log_vars):
 
 
 # ---- the floor ------------------------------------------------------------------------------------
-def _median(fn, repeats=20):
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[len(ts) // 2]
-
-
 def exp_rate(n: int = 1 << 17, rounds: int = 32, device="cpu") -> float:
     """Seconds per element of torch.exp on float32 between two cache-resident tensors (512 KB each,
     large enough for every thread: the compute rate, not the memory's), on this device."""
@@ -86,7 +79,7 @@ def exp_rate(n: int = 1 << 17, rounds: int = 32, device="cpu") -> float:
     def run():
         for _ in range(rounds):
             torch.exp(x, out=y)
-    return _median(run, repeats=10) / (n * rounds)
+    return median_time(run, repeats=10, warmup=3) / (n * rounds)
 
 
 def floor_seconds(nbytes: float, copy_bw: float) -> float:

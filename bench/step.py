@@ -14,10 +14,16 @@ from __future__ import annotations
 import argparse
 import time
 
+import os
+import sys
+
 import torch
 
 import xvae_fast as xf
 from xvae_fast import reference as R
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import interleaved_medians  # noqa: E402
 
 SETUPS = {  # name: (label, kind, per-example shape, K, batch)
     "clusters": ("clusters MLP, K=3", "vector", (2,), 3, 128),
@@ -71,18 +77,8 @@ def time_setup(name, device, repeats):
     steps["compiled"]()
     _sync(device)
     compile_s = time.perf_counter() - t0
-    for fn in steps.values():
-        for _ in range(3):
-            fn()
-    ts = {k: [] for k in steps}
-    for _ in range(repeats):
-        for k, fn in steps.items():
-            _sync(device)
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            ts[k].append(time.perf_counter() - t)
-    med = {k: sorted(v)[len(v) // 2] * 1e3 for k, v in ts.items()}
+    med = {k: v * 1e3 for k, v in interleaved_medians(steps, repeats, warmup=3,
+                                                       sync=lambda: _sync(device)).items()}
     return dict(setup=label, batch=batch, compile_s=compile_s, **{f"{k}_ms": v for k, v in med.items()})
 
 
@@ -102,16 +98,7 @@ def batching_cost(repeats: int = 5):
     def loader():
         for _ in torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, num_workers=0):
             pass
-    out = {}
-    for k, fn in (("in_memory", in_memory), ("dataloader", loader)):
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        out[k] = sorted(ts)[len(ts) // 2]
-    return out
+    return interleaved_medians({"in_memory": in_memory, "dataloader": loader}, repeats, warmup=1)
 
 
 def main():

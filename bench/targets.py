@@ -15,25 +15,13 @@ import argparse
 import math
 import os
 import sys
-import time
 
 import torch
 
 import xvae_fast as xf
 
-
-def median_time(fn, repeats, warmup=10):
-    # 10 warm-up calls: with 3, the first op timed in the process paid for a cold allocator (page
-    # faults on its fresh output buffers): mixture_kl 8.1 ms first vs 6.6 ms timed again, same run.
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    ts.sort()
-    return ts[len(ts) // 2]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import interleaved_medians, median_time  # noqa: E402
 
 
 def main():
@@ -47,7 +35,6 @@ def main():
     if a.component_kl:
         component_kl_targets(a.repeats)
         return
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import peers
     from run import copy_bandwidth
     B, K = a.B, a.K
@@ -108,21 +95,7 @@ def main():
           f"({t['eager'] / t['fused']:.2f}x), randn alone {t['randn'] * 1e3:.3f} ms")
 
 
-def interleaved_medians(fns, repeats, warmup=10):
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    ts = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            ts[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in ts.items()}
-
-
 def component_kl_targets(repeats):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from run import _mixture_from, _tight_from, gemm_component_kl, lean_component_kl
 
     print(f"component_kl / mixture_bound, float32, forward+backward, threads={torch.get_num_threads()} "

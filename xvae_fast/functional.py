@@ -10,8 +10,7 @@ from . import reference
 from ._ext import require_extension
 from ._validation import (FLOATING, STD_RANGE, check_batch, check_inputs_finite,
                           check_prior_device, check_reduction, check_std_range, check_tensor,
-                          values_checkable)
-from ._validation import check_finite as require_finite
+                          values_checkable, check_finite as require_finite)
 from .plans import Plan, resolve_plan
 from .prior import MixturePrior
 
