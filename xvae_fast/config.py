@@ -49,7 +49,7 @@ SCHEDULES = ("none", "cosine")
 
 # Keys that may differ between a checkpoint's config and the config given with --resume.
 RUNTIME_KEYS = ("device", "progress", "tensorboard", "num_workers", "stop_after", "checkpoint_every",
-                "resume", "config", "overwrite", "out", "threads", "compile")
+                "resume", "config", "overwrite", "out", "threads", "compile", "auto_resume")
 
 
 @dataclasses.dataclass
@@ -127,6 +127,7 @@ class TrainConfig:
     out: Optional[str] = None
     overwrite: bool = False
     resume: Optional[str] = None
+    auto_resume: bool = False       # --out DIR holding a checkpoint: resume it (torchrun restarts)
     config: Optional[str] = None
     checkpoint_every: int = 0
     stop_after: int = 0

@@ -23,6 +23,8 @@ from typing import Optional
 
 import torch
 
+from .shard import rand_rows, randint_rows
+
 SIGMA_HEURISTICS = ("random", "random-pairs", "top-pairs")
 UT_WEIGHTINGS = ("standard", "uniform")
 
@@ -111,7 +113,7 @@ def ut_weights(n: int, kappa: float = 1e-3, kind: str = "standard", dtype: torch
 def _uniform(shape, generator, device) -> torch.Tensor:
     """U(0, 1) draws from `generator` (on its own device) or the global RNG, moved to `device`."""
     where = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=where).to(device)
+    return rand_rows(shape, generator=generator, device=where).to(device)
 
 
 def _pairs(axes: torch.Tensor, n: int) -> torch.Tensor:
@@ -137,7 +139,7 @@ def select_sigma_indices(heuristic: str, K: int, sigma: torch.Tensor, generator=
     if heuristic == "random":
         if replacement:
             where = generator.device if generator is not None else dev
-            return torch.randint(0, 2 * n + 1, (B, K), generator=generator, device=where).to(dev)
+            return randint_rows(2 * n + 1, (B, K), generator=generator, device=where).to(dev)
         if K > 2 * n + 1:
             raise ValueError(f"K larger than 2n+1 without replacement: K = {K}, 2n+1 = {2 * n + 1} "
                              f"(n = {n})")

@@ -4,6 +4,7 @@ or two on a laptop CPU."""
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from typing import Any, Dict, List, Optional
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "<time>)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     g.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
+    g.add_argument("--auto-resume", action="store_true", help="resume --out DIR when it already holds "
+                   "a checkpoint, else start it: one command line for torchrun --max-restarts "
+                   "(docs/distributed.md)")
     g.add_argument("--checkpoint-every", type=int, metavar="STEPS", help="also checkpoint every N steps "
                    "(always at each epoch end)")
     g.add_argument("--stop-after", type=int, metavar="STEPS", help="stop (with a checkpoint) after this "
@@ -219,16 +223,28 @@ def parse_config(argv: Optional[List[str]] = None):
     return cfg, set(given) - {"config"}
 
 
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def _say(msg: str) -> None:
+    """An error line on stderr; under torchrun the other ranks' lines name their rank."""
+    print(msg if _rank() == 0 else f"[rank {_rank()}] {msg}", file=sys.stderr)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     try:
         cfg, explicit = parse_config(argv)
         from .training import train
         result = train(cfg, explicit=explicit)
     except NonFiniteLossError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return 1
     except XVAEError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return 2
     except TrainingInterrupted as exc:
         if exc.resumable:
@@ -241,6 +257,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted before training started; nothing was trained", file=sys.stderr)
         return 130
+    if _rank() != 0:            # under torchrun rank 0 reports for the run
+        return 0
     if result.status == "stopped":
         print(f"stopped at step {result.step}; continue with: python -m xvae_fast.train --resume "
               f"{shlex.quote(result.run_dir)}")

@@ -27,6 +27,7 @@ from .architectures import build_body, build_decoder
 from .likelihood import Likelihood, SquaredError
 from .ops import get_ops
 from .protocol import ModelRecipe, positive_int_option
+from ..shard import randn_rows
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -43,7 +44,7 @@ def gaussian_kl_diag(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator=None) -> torch.Tensor:
-    eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
+    eps = randn_rows(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
     return mu + torch.exp(0.5 * logvar) * eps
 
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from .baseline import BaselineVAE, SizedPriorRecipe, log_normal, reparameterize, sample_diag_mixture
 from .protocol import choice_option, positive_float_option, positive_int_option, register
+from ..shard import rand_rows
 
 ANNEALS = ("exp", "linear", "none")
 
@@ -49,7 +50,7 @@ def gumbel_temperature(step: int, start: float = 1.0, end: float = 0.5, anneal: 
 
 def gumbel_softmax(logits: torch.Tensor, tau: float, generator=None) -> torch.Tensor:
     """A relaxed one-hot sample softmax((logits + g) / tau), g ~ Gumbel(0, 1), drawn with `generator`."""
-    u = torch.rand(logits.shape, dtype=logits.dtype, device=logits.device, generator=generator)
+    u = rand_rows(logits.shape, dtype=logits.dtype, device=logits.device, generator=generator)
     tiny = torch.finfo(logits.dtype).tiny
     e = -torch.log(u.clamp_min(tiny))                            # Exp(1)
     g = -torch.log(e.clamp_min(tiny))

@@ -50,6 +50,7 @@ from .baseline import check_routing, count
 from .likelihood import LearnedGaussian, Likelihood
 from .ops import get_ops
 from .protocol import TERMS_VAE, ModelRecipe, Stage, TensorRows, choice_option, positive_int_option, register
+from ..shard import randn_rows
 
 STAGE2_INPUTS = ("sampled", "mean")
 ARCHS = ("library", "paper")
@@ -65,7 +66,7 @@ def _kl_std_normal(mu: torch.Tensor, log_sd: torch.Tensor) -> torch.Tensor:
 
 
 def _randn(shape, like: torch.Tensor, generator=None) -> torch.Tensor:
-    return torch.randn(tuple(shape), dtype=like.dtype, device=like.device, generator=generator)
+    return randn_rows(tuple(shape), dtype=like.dtype, device=like.device, generator=generator)
 
 
 def _losses(recon: torch.Tensor, kl: torch.Tensor) -> Dict[str, torch.Tensor]:

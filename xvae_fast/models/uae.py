@@ -59,6 +59,7 @@ from ..sigma_points import SIGMA_HEURISTICS, _check_kappa, _gather_points, selec
 from .baseline import BaselineVAE, check_routing
 from .likelihood import Likelihood
 from .protocol import ModelRecipe, Stage, choice_option, positive_int_option, register
+from ..shard import randn_rows
 
 UAE_VARIANTS = ("vae", "utvae", "vae-w", "utvae-w", "uae", "rae-gp")
 UAE_FORMS = ("code", "paper")
@@ -223,8 +224,8 @@ class UnscentedAE(BaselineVAE):
             return mu.unsqueeze(1)
         if self.variant in NOISE_VARIANTS:
             B, n = mu.shape
-            eps = torch.randn((B, self.points, n), generator=generator, dtype=mu.dtype,
-                              device=_device_of(generator, mu.device)).to(mu.device)
+            eps = randn_rows((B, self.points, n), generator=generator, dtype=mu.dtype,
+                             device=_device_of(generator, mu.device)).to(mu.device)
             return mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps
         index = select_sigma_indices(self.heuristic, self.points, torch.exp(0.5 * logvar.detach()),
                                      generator)

@@ -32,6 +32,7 @@ from .architectures import build_body, build_decoder
 from .likelihood import Likelihood, SquaredError
 from .ops import get_ops
 from .protocol import ModelRecipe, register
+from ..shard import gather_rows, global_term, local_rows
 
 MODES = ("mixture", "single", "standard")
 KL_OBJECTIVES = ("paper", "tight", "mixture")
@@ -164,8 +165,12 @@ class VAE(nn.Module):
 
     def loss(self, x: torch.Tensor, generator=None) -> Dict[str, torch.Tensor]:
         logits, mu, logvar = self.encode(x)
+        # under data-parallel training the KL and the latent draw see the whole global batch (pi_q
+        # couples its rows; the fused transport draws its noise inside the kernel): xvae_fast/shard.py
+        logits, mu, logvar = gather_rows(logits, mu, logvar)
         kl, kl_cat, kl_gauss, pi_q = self.kl_terms(logits, mu, logvar)
-        z = self.latent_code(mu, logvar, pi_q, generator)
+        kl, kl_cat, kl_gauss = global_term(kl), global_term(kl_cat), global_term(kl_gauss)
+        z = local_rows(self.latent_code(mu, logvar, pi_q, generator))
         recon = self.likelihood.nll(self.decoder(z), x)
         return {"loss": recon + kl, "recon": recon, "kl": kl, "kl_cat": kl_cat, "kl_gauss": kl_gauss}
 

@@ -39,7 +39,9 @@ from ..prior import MixturePrior
 from ..models import Stage, build_recipe, get_ops, ops_name
 from ..outpaths import make_out_dir, remove_created
 from ..progress import progress_bar
+from .. import shard as sharding
 from . import checkpoint as ckpt
+from .distributed import World, main_decides
 from .metrics import TensorBoardLogger, table_row, write_json, write_metrics
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -105,20 +107,29 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, explicit: Optional[Set[str]] = None, verbose: bool = True):
         self.verbose = verbose
         self.resume_ck = None
+        if cfg.auto_resume and not cfg.resume:
+            if cfg.overwrite:
+                raise ConfigError("--auto-resume and --overwrite contradict each other: choose one")
+            if not cfg.out:
+                raise ConfigError("--auto-resume needs --out DIR (the run folder to start or resume)")
+            if os.path.exists(os.path.join(cfg.out, ckpt.CHECKPOINT)):
+                cfg = cfg.replace(resume=cfg.out)
         if cfg.resume:
             cfg = self._config_for_resume(cfg, explicit)
         else:
             cfg = resolve(cfg)
         self.cfg = cfg
         self._created_dir: Optional[str] = None
-        self.run_dir = self._prepare_run_dir()
+        self.world = World.from_env(cfg.device)     # torchrun's ranks (one process: size 1)
         try:
+            self.run_dir = self._prepare_run_dir()
             self._setup()
         except BaseException:
             # a data, device or model error before any work: leave no empty run folder behind
             remove_created(self._created_dir)
             if hasattr(self, "_threads_before"):
                 torch.set_num_threads(self._threads_before)
+            self.world.close()
             raise
 
     def _setup(self) -> None:
@@ -126,21 +137,23 @@ class Trainer:
         self._threads_before = torch.get_num_threads()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = pick_device(cfg.device)
+        self.device = pick_device(self.world.device_name(cfg.device))
         if cfg.amp == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("--amp bf16 needs a GPU with bfloat16 support")
-        self.tb = TensorBoardLogger(self.run_dir) if cfg.tensorboard else None
+        self.tb = TensorBoardLogger(self.run_dir) if cfg.tensorboard and self.world.is_main else None
         self.ops = get_ops(device=self.device)
         seed_everything(cfg.seed)
         self.data: DataBundle = load_dataset(cfg)
         self.info: DataInfo = self.data.info
         self._check_likelihood_data()
         self.recipe = build_recipe(cfg, self.info, self.ops).to(self.device)
+        self._check_world()
         self.recipe.set_total_steps(self._steps_per_epoch())  # schedules over the training
         self.stages: List[Stage] = self.recipe.stages()
         # --compile: one compiled loss for every train stage (dynamo specialises per stage and
         # marks the batch size dynamic once a second size is seen, e.g. a short last batch)
         self._loss = torch.compile(self.recipe.loss) if cfg.compile else self.recipe.loss
+        self._ddp: Dict[str, torch.nn.Module] = {}      # per train stage, under torchrun
         train_stages = [s for s in self.stages if s.kind == "train"]
         self.opt = {s.name: self.recipe.make_optimizer(s) for s in train_stages}
         self.sched = {s.name: self._make_scheduler(s) for s in train_stages}
@@ -159,11 +172,15 @@ class Trainer:
             self.log(f"resumed {self.run_dir} at stage {self.stage}, epoch {self.epoch + 1}, "
                      f"batch {self.batch}, step {self.step}")
         else:
-            save_config(cfg.replace(stop_after=0, overwrite=False, resume=None, config=None),
-                        os.path.join(self.run_dir, "config.yaml"))
+            if self.world.is_main:
+                save_config(cfg.replace(stop_after=0, overwrite=False, resume=None, config=None,
+                                        auto_resume=False),
+                            os.path.join(self.run_dir, "config.yaml"))
             self.recipe.on_new_run(self)
+        ranks = (f" x {self.world.size} ranks (global batch {cfg.batch_size})"
+                 if self.world.distributed else "")
         self.log(f"data {describe(self.data)}; model {self.model_name}; ops {ops_name(self.ops)}; "
-                 f"device {self.device}")
+                 f"device {self.device}{ranks}")
         if self.untrained_stages:
             self.log(f"warning: {', '.join(self.untrained_stages)} ha{'s' if len(self.untrained_stages) == 1 else 've'} "
                      "0 epochs: the model it trains stays at its initialisation, and the run is "
@@ -175,6 +192,28 @@ class Trainer:
         return [f"stage {s.label}" for s in self.stages if s.kind == "train" and s.epochs == 0]
 
     # -- setup helpers ------------------------------------------------------------------------------
+    def _check_world(self) -> None:
+        """Under torchrun: every batch must give each rank a row; BatchNorm becomes SyncBatchNorm on
+        CUDA (its batch statistics then span the global batch, as in one process)."""
+        if not self.world.distributed:
+            return
+        n, bs, size = len(self.data.train), self.cfg.batch_size, self.world.size
+        smallest = min(bs, n % bs or bs)
+        if smallest < size:
+            raise ConfigError(f"--batch-size {bs} over {n} training rows leaves a batch of {smallest} "
+                              f"row(s), fewer than the {size} ranks: every rank needs at least one row "
+                              "of each global batch; choose a batch size that divides the data better")
+        has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                     for mod in self.recipe.modules.values() if mod is not None for m in mod.modules())
+        if has_bn and self.device.type == "cuda":
+            for name, mod in list(self.recipe.modules.items()):
+                if mod is not None:
+                    self.recipe.modules[name] = torch.nn.SyncBatchNorm.convert_sync_batchnorm(mod)
+        elif has_bn:
+            self.log("warning: this model has BatchNorm layers, and on CPU (gloo) PyTorch has no "
+                     "SyncBatchNorm: each rank normalises with its own shard's statistics, so the run "
+                     "is not row-for-row the single-process one (on CUDA it is)")
+
     def _check_likelihood_data(self) -> None:
         """`bernoulli` models data in [0, 1]: refuse other data up front (image files are [0, 1] by
         construction; tensors held in memory are checked)."""
@@ -203,6 +242,8 @@ class Trainer:
         return getattr(self.recipe, "display_name", None) or self.recipe.title
 
     def log(self, msg: str) -> None:
+        if not getattr(self, "world", None) or not self.world.is_main:
+            return
         line = f"[xvae_fast] {msg}"
         if self.verbose:
             try:
@@ -242,9 +283,14 @@ class Trainer:
         return saved.replace(**runtime, out=run_dir, resume=run)
 
     def _prepare_run_dir(self) -> str:
+        if self.cfg.resume:
+            return self.cfg.out
+        out = main_decides(self.world, self._make_run_dir)   # rank 0 names and creates it
+        self.cfg = self.cfg.replace(out=out)
+        return out
+
+    def _make_run_dir(self) -> str:
         cfg = self.cfg
-        if cfg.resume:
-            return cfg.out
         out = cfg.out or default_run_dir(cfg)
         existing = os.path.join(out, ckpt.CHECKPOINT)
         if os.path.exists(existing):
@@ -258,7 +304,6 @@ class Trainer:
                 else:
                     os.unlink(p)
         self._created_dir = make_out_dir(out, "--out")
-        self.cfg = cfg = cfg.replace(out=out)
         return out
 
     def _steps_per_epoch(self) -> int:
@@ -281,7 +326,8 @@ class Trainer:
         ckpt.load_state(module, state, what, path)
 
     def write_json(self, obj, name: str) -> None:
-        write_json(obj, os.path.join(self.run_dir, name))
+        if self.world.is_main:
+            write_json(obj, os.path.join(self.run_dir, name))
 
     @torch.no_grad()
     def encode(self, fn, split: str = "train", data=None) -> torch.Tensor:
@@ -322,8 +368,10 @@ class Trainer:
         return ck
 
     def save_checkpoint(self) -> str:
+        """Rank 0 writes the checkpoint (the ranks hold the same state)."""
         path = os.path.join(self.run_dir, ckpt.CHECKPOINT)
-        ckpt.atomic_save(self._checkpoint_dict(), path)
+        if self.world.is_main:
+            ckpt.atomic_save(self._checkpoint_dict(), path)
         self.last_checkpoint_step = self.step
         return path
 
@@ -353,9 +401,16 @@ class Trainer:
         self.history = list(ck["history"])
         self.running = dict(ck["running"])
         state = ckpt.restore_rng(ck["rng"])
+        self._align_cuda_rng(ck["rng"])
         self.shuffle.set_state(state)
         self.epoch_shuffle_state = state
         self.last_checkpoint_step = self.step
+
+    def _align_cuda_rng(self, rng: Dict[str, Any]) -> None:
+        """Under torchrun every rank's GPU takes rank 0's CUDA RNG state (rank 0 runs on cuda:0),
+        so the ranks keep drawing the same global-batch noise."""
+        if self.world.distributed and self.device.type == "cuda" and rng.get("cuda"):
+            torch.cuda.set_rng_state(rng["cuda"][0], self.device)
 
     # -- training -----------------------------------------------------------------------------------
     def _autocast(self):
@@ -375,6 +430,20 @@ class Trainer:
                                              pin_memory=self.device.type == "cuda")
         yield from loader
 
+    def _train_batches(self, ds, order: torch.Tensor, start: int, stop: int):
+        """(this rank's rows of each global batch, its Shard): one process holds every row."""
+        bs = self.cfg.batch_size
+        parts = [self.world.local_slice(order[b * bs:(b + 1) * bs]) for b in range(start, stop)]
+        if ds.in_memory or self.cfg.num_workers == 0 or not parts:
+            for idx, s in parts:
+                yield ds.get_batch(idx), s
+            return
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=[idx.tolist() for idx, _ in parts],
+                                             num_workers=self.cfg.num_workers,
+                                             pin_memory=self.device.type == "cuda")
+        for x, (_, s) in zip(loader, parts):
+            yield x, s
+
     def _train_index(self, stage: Stage) -> int:
         return [s.name for s in self.stages if s.kind == "train"].index(stage.name) + 1
 
@@ -393,17 +462,40 @@ class Trainer:
                "--grad-clip, or check the data for extreme values")
         return NonFiniteLossError(msg, diag)
 
-    def _train_step(self, stage: Stage, x: torch.Tensor) -> Dict[str, float]:
+    def _stage_step_module(self, stage: Stage) -> torch.nn.Module:
+        """DistributedDataParallel over the stage's optimised parameters, its forward the loss."""
+        if stage.name not in self._ddp:
+            from torch.nn.parallel import DistributedDataParallel
+            params = [p for g in self.opt[stage.name].param_groups for p in g["params"]]
+            cuda = self.device.type == "cuda"
+            # find_unused_parameters: a stage may leave a head out of its loss (rae-gp's log-variance)
+            self._ddp[stage.name] = DistributedDataParallel(
+                _StageLoss(self._loss, stage, params), device_ids=[self.device.index] if cuda else None,
+                find_unused_parameters=True)
+        return self._ddp[stage.name]
+
+    def _train_step(self, stage: Stage, x: torch.Tensor,
+                    shard: Optional[sharding.Shard] = None) -> Dict[str, float]:
         opt = self.opt[stage.name]
         self.recipe.set_step(self.step)
         with self._autocast():
-            terms = self._loss(stage, x)
-        vec = torch.stack([terms[k].detach().float() for k in stage.terms]).cpu()
+            if shard is None:
+                terms = self._loss(stage, x)
+            else:
+                with sharding.active(shard):
+                    terms = self._stage_step_module(stage)(x)
+        vec = torch.stack([terms[k].detach().float() for k in stage.terms])
+        if shard is not None:     # each rank's batch means, weighted by its rows: the global means
+            vec = self.world.sum_(vec * (shard.rows / shard.total))
+        vec = vec.cpu()
         values = dict(zip(stage.terms, vec.tolist()))
         if not bool(torch.isfinite(vec).all()):
             raise self._nonfinite(stage, values, "loss")
         opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        if shard is None:
+            terms["loss"].backward()
+        else:   # DDP averages the ranks' gradients: N b / B makes that the global batch mean's
+            (terms["loss"] * shard.loss_scale).backward()
         params = [p for g in opt.param_groups for p in g["params"]]
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
@@ -453,6 +545,7 @@ class Trainer:
         ds = self.recipe.stage_data(stage, "train", self.data)
         n, nb = len(ds), self._steps_per_epoch()
         module.train()
+        dist = self.world.distributed
         while self.epoch < epochs:
             t0 = time.time()
             self.epoch_shuffle_state = self.shuffle.get_state()
@@ -465,10 +558,10 @@ class Trainer:
                 bar = progress_bar(total=nb, initial=self.batch, unit="batch",
                                    desc=f"{stage.label} epoch {self.epoch + 1}/{epochs}")
             try:
-                for x in self._batches(ds, order, self.batch, nb):
+                for x, shard in self._train_batches(ds, order, self.batch, nb):
                     x = x.to(self.device, non_blocking=True)
-                    values = self._train_step(stage, x)
-                    b = x.shape[0]
+                    values = self._train_step(stage, x, shard if dist else None)
+                    b = shard.total
                     for k in names:
                         self.running[k] += values[k] * b
                     self.running["n"] += b
@@ -498,11 +591,13 @@ class Trainer:
         record.update({f"train_{k}": self.running[k] / cnt for k in names})
         record.update(self.recipe.epoch_stats(stage))    # the learned variance (gaussian), per epoch
         last = self.epoch + 1 == epochs
-        if last or (cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0):
+        if self.world.is_main and (last or (cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0)):
+            # rank 0 evaluates the whole test split (no collectives, its own RNG fork)
             record.update({f"test_{k}": v for k, v in self.evaluate(stage, "test").items()})
         record["time_s"] = round(seconds, 3)
         self.history.append(record)
-        write_metrics(self.history, self.run_dir)
+        if self.world.is_main:
+            write_metrics(self.history, self.run_dir)
         if self.tb is not None:
             self.tb.log_epoch(record)
         parts = " ".join(f"{k}={record[k]:.4g}" for k in record if k.startswith(("train_", "test_")))
@@ -533,12 +628,12 @@ class Trainer:
                     self._train_stage(stage)
                     self.stage, self.epoch, self.batch = self._next_stage(stage), 0, 0
                 else:
-                    self.recipe.fit(stage, self)
+                    self._fit_stage(stage)
                     self.stage, self.epoch, self.batch = self._next_stage(stage), 0, 0
                     self.save_checkpoint()
             summary = None
             if self.stage == "outputs":
-                summary = self.finish()
+                summary = self.finish() if self.world.is_main else None
                 self.stage = "done"
                 self.save_checkpoint()
             elif self.stage == "done":
@@ -547,7 +642,8 @@ class Trainer:
         except _Stopped:
             return RunResult("stopped", self.run_dir, self.step)
         except NonFiniteLossError as exc:
-            write_json(exc.diagnostic, os.path.join(self.run_dir, "error.json"))
+            if self.world.is_main:
+                write_json(exc.diagnostic, os.path.join(self.run_dir, "error.json"))
             self.log(str(exc))
             raise
         finally:
@@ -555,6 +651,30 @@ class Trainer:
                 self.tb.close()
             torch.set_num_threads(self._threads_before)
         return RunResult("done", self.run_dir, self.step, summary)
+
+    def _fit_stage(self, stage: Stage) -> None:
+        """A fit stage runs on rank 0; every rank then takes its modules, the recipe's state (the
+        fitted prior, frozen codes) and its RNG state, so the ranks continue identical."""
+        def fit_and_share():
+            self.recipe.fit(stage, self)
+            if not self.world.distributed:
+                return None
+            return _to_cpu({"models": {k: (m.state_dict() if m is not None else None)
+                                       for k, m in self.recipe.modules.items()},
+                            "rng": ckpt.capture_rng(self.shuffle.get_state()), **self.recipe.state()})
+        shared = main_decides(self.world, fit_and_share)
+        if shared is not None and not self.world.is_main:
+            self.recipe.load_state(shared, "rank 0's fit")
+            for name, module in self.recipe.modules.items():
+                if module is not None:
+                    ckpt.load_state(module, shared["models"].get(name), _MODULE_WHAT.get(name, name),
+                                    "rank 0's fit")
+            self.shuffle.set_state(ckpt.restore_rng(shared["rng"]))
+            self._align_cuda_rng(shared["rng"])
+
+    def close(self) -> None:
+        """Leave the process group this trainer joined (torchrun)."""
+        self.world.close()
 
     def _stage_objectives(self, stage: Stage) -> Dict[str, Any]:
         last = {}
@@ -618,6 +738,30 @@ def _nullctx():
     return contextlib.nullcontext()
 
 
+class _StageLoss(torch.nn.Module):
+    """What DistributedDataParallel wraps for a train stage: the stage's optimised parameters (and
+    nothing else, so the gradients it averages are exactly the optimiser's) and a forward that is
+    the recipe's loss."""
+
+    def __init__(self, loss, stage: Stage, params):
+        super().__init__()
+        self.params = torch.nn.ParameterList(params)
+        self._loss, self._stage = loss, stage
+
+    def forward(self, x):
+        return self._loss(self._stage, x)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 def _read_json(path: str):
     try:
         with open(path, encoding="utf-8") as f:
@@ -635,6 +779,8 @@ def train(cfg: TrainConfig, explicit: Optional[Set[str]] = None, verbose: bool =
     except KeyboardInterrupt as exc:
         resumable = os.path.isfile(os.path.join(trainer.run_dir, ckpt.CHECKPOINT))
         raise TrainingInterrupted(trainer.run_dir, resumable) from exc
+    finally:
+        trainer.close()
 
 
 def load_recipe(run_dir: str, device: str = "cpu"):
