@@ -357,8 +357,7 @@ class Trainer:
             "torch_version": str(torch.__version__),
             "config": self.cfg.to_dict(), "stage": self.stage, "epoch": self.epoch,
             "batch": self.batch, "step": self.step,
-            "models": {k: (m.state_dict() if m is not None else None)
-                       for k, m in self.recipe.modules.items()},
+            "models": self._module_states(),
             "optimizers": {k: o.state_dict() for k, o in self.opt.items()},
             "schedulers": {k: (s.state_dict() if s is not None else None) for k, s in self.sched.items()},
             "rng": ckpt.capture_rng(shuffle_state),
@@ -381,10 +380,7 @@ class Trainer:
         if shape != self.info.shape or ck["data_info"]["kind"] != self.info.kind:
             raise CheckpointError(f"checkpoint {path!r} was trained on {ck['data_info']['kind']} data of "
                                   f"shape {shape}, but the data now has shape {self.info.shape}")
-        self.recipe.load_state(ck, path)
-        for name, module in self.recipe.modules.items():
-            if module is not None:
-                ckpt.load_state(module, ck["models"].get(name), _MODULE_WHAT.get(name, name), path)
+        self._load_modules(ck, path)
         for k, o in self.opt.items():
             state = ck["optimizers"].get(k)
             if state is None:
@@ -400,17 +396,28 @@ class Trainer:
         self.stage, self.epoch, self.batch, self.step = ck["stage"], ck["epoch"], ck["batch"], ck["step"]
         self.history = list(ck["history"])
         self.running = dict(ck["running"])
-        state = ckpt.restore_rng(ck["rng"])
-        self._align_cuda_rng(ck["rng"])
-        self.shuffle.set_state(state)
-        self.epoch_shuffle_state = state
+        self.epoch_shuffle_state = self._restore_rng(ck["rng"])
         self.last_checkpoint_step = self.step
 
-    def _align_cuda_rng(self, rng: Dict[str, Any]) -> None:
-        """Under torchrun every rank's GPU takes rank 0's CUDA RNG state (rank 0 runs on cuda:0),
-        so the ranks keep drawing the same global-batch noise."""
+    def _load_modules(self, ck: Dict[str, Any], path: str) -> None:
+        """The recipe's own state and every module's weights from a checkpoint-shaped dict."""
+        self.recipe.load_state(ck, path)
+        for name, module in self.recipe.modules.items():
+            if module is not None:
+                ckpt.load_state(module, ck["models"].get(name), _MODULE_WHAT.get(name, name), path)
+
+    def _module_states(self) -> Dict[str, Any]:
+        return {k: (m.state_dict() if m is not None else None) for k, m in self.recipe.modules.items()}
+
+    def _restore_rng(self, rng: Dict[str, Any]) -> torch.Tensor:
+        """Restore the RNGs and the shuffling generator; returns its state. Under torchrun every rank's
+        GPU takes rank 0's CUDA state (rank 0 runs on cuda:0), so the ranks keep drawing the same
+        global-batch noise."""
+        state = ckpt.restore_rng(rng)
         if self.world.distributed and self.device.type == "cuda" and rng.get("cuda"):
             torch.cuda.set_rng_state(rng["cuda"][0], self.device)
+        self.shuffle.set_state(state)
+        return state
 
     # -- training -----------------------------------------------------------------------------------
     def _autocast(self):
@@ -418,31 +425,25 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _batches(self, ds, order: torch.Tensor, start: int, stop: int) -> Iterable[torch.Tensor]:
-        bs = self.cfg.batch_size
-        slices = [order[b * bs:(b + 1) * bs] for b in range(start, stop)]
+    def _load(self, ds, slices) -> Iterable[torch.Tensor]:
+        """The rows of each index tensor in `slices`, in order (a DataLoader for file datasets)."""
         if ds.in_memory or self.cfg.num_workers == 0 or not slices:
             for idx in slices:
                 yield ds.get_batch(idx)
             return
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=[s.tolist() for s in slices],
-                                             num_workers=self.cfg.num_workers,
-                                             pin_memory=self.device.type == "cuda")
-        yield from loader
+        yield from torch.utils.data.DataLoader(ds, batch_sampler=[s.tolist() for s in slices],
+                                               num_workers=self.cfg.num_workers,
+                                               pin_memory=self.device.type == "cuda")
+
+    def _batches(self, ds, order: torch.Tensor, start: int, stop: int) -> Iterable[torch.Tensor]:
+        bs = self.cfg.batch_size
+        return self._load(ds, [order[b * bs:(b + 1) * bs] for b in range(start, stop)])
 
     def _train_batches(self, ds, order: torch.Tensor, start: int, stop: int):
         """(this rank's rows of each global batch, its Shard): one process holds every row."""
         bs = self.cfg.batch_size
         parts = [self.world.local_slice(order[b * bs:(b + 1) * bs]) for b in range(start, stop)]
-        if ds.in_memory or self.cfg.num_workers == 0 or not parts:
-            for idx, s in parts:
-                yield ds.get_batch(idx), s
-            return
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=[idx.tolist() for idx, _ in parts],
-                                             num_workers=self.cfg.num_workers,
-                                             pin_memory=self.device.type == "cuda")
-        for x, (_, s) in zip(loader, parts):
-            yield x, s
+        return zip(self._load(ds, [idx for idx, _ in parts]), (s for _, s in parts))
 
     def _train_index(self, stage: Stage) -> int:
         return [s.name for s in self.stages if s.kind == "train"].index(stage.name) + 1
@@ -659,18 +660,12 @@ class Trainer:
             self.recipe.fit(stage, self)
             if not self.world.distributed:
                 return None
-            return _to_cpu({"models": {k: (m.state_dict() if m is not None else None)
-                                       for k, m in self.recipe.modules.items()},
+            return _to_cpu({"models": self._module_states(),
                             "rng": ckpt.capture_rng(self.shuffle.get_state()), **self.recipe.state()})
         shared = main_decides(self.world, fit_and_share)
         if shared is not None and not self.world.is_main:
-            self.recipe.load_state(shared, "rank 0's fit")
-            for name, module in self.recipe.modules.items():
-                if module is not None:
-                    ckpt.load_state(module, shared["models"].get(name), _MODULE_WHAT.get(name, name),
-                                    "rank 0's fit")
-            self.shuffle.set_state(ckpt.restore_rng(shared["rng"]))
-            self._align_cuda_rng(shared["rng"])
+            self._load_modules(shared, "rank 0's fit")
+            self._restore_rng(shared["rng"])
 
     def close(self) -> None:
         """Leave the process group this trainer joined (torchrun)."""
