@@ -194,6 +194,49 @@ inline void check_mixture_log_prob_backward_args(const at::Tensor& grad,
   }
 }
 
+// kde_log_prob: z (N, d) floating; centres (m, d), m >= 1, of z's dtype and device; bandwidth a 0-dim
+// floating tensor on the CPU or z's device; with exclude_self N == m >= 2.
+inline void check_kde_args(const at::Tensor& z, const at::Tensor& centres, const at::Tensor& bandwidth,
+                           bool exclude_self) {
+  check_floating(z, "z");
+  TORCH_CHECK(z.dim() == 2, "xvae_fast: z must be 2-D (N, d), got shape ", z.sizes());
+  TORCH_CHECK(centres.dim() == 2 && centres.size(0) >= 1 && centres.size(1) == z.size(1),
+              "xvae_fast: centres must be (m, d) with m >= 1 and d = ", z.size(1), ", got ",
+              centres.sizes());
+  TORCH_CHECK(centres.scalar_type() == z.scalar_type(), "xvae_fast: centres has dtype ",
+              centres.scalar_type(), ", expected ", z.scalar_type());
+  TORCH_CHECK(centres.device() == z.device(), "xvae_fast: centres is on ", centres.device(),
+              ", expected ", z.device());
+  TORCH_CHECK(bandwidth.dim() == 0 && c10::isFloatingType(bandwidth.scalar_type()),
+              "xvae_fast: bandwidth must be a 0-dim floating tensor, got ", bandwidth.sizes(), " ",
+              bandwidth.scalar_type());
+  TORCH_CHECK(bandwidth.device() == z.device() || bandwidth.device().is_cpu(),
+              "xvae_fast: bandwidth is on ", bandwidth.device(), ", expected ", z.device(), " or cpu");
+  TORCH_CHECK(!exclude_self || (z.size(0) == centres.size(0) && centres.size(0) >= 2),
+              "xvae_fast: exclude_self needs as many rows as centres (N == m) and m >= 2, got N = ",
+              z.size(0), ", m = ", centres.size(0));
+}
+
+// The backward also takes the upstream gradient (N,) and the forward's lse (N,) in the accumulation
+// dtype and direct (N,) bool.
+inline void check_kde_backward_args(const at::Tensor& grad, const at::Tensor& z,
+                                    const at::Tensor& centres, const at::Tensor& bandwidth,
+                                    const at::Tensor& lse, const at::Tensor& direct, bool exclude_self) {
+  check_kde_args(z, centres, bandwidth, exclude_self);
+  const int64_t N = z.size(0);
+  TORCH_CHECK(grad.dim() == 1 && grad.size(0) == N && grad.device() == z.device(),
+              "xvae_fast: grad must be (", N, ",) on ", z.device(), ", got ", grad.sizes());
+  check_floating(grad, "grad");
+  TORCH_CHECK(lse.dim() == 1 && lse.size(0) == N && lse.scalar_type() == acc_dtype_of(z) &&
+                  lse.device() == z.device(),
+              "xvae_fast: lse must be (", N, ",) ", acc_dtype_of(z), " on ", z.device(), ", got ",
+              lse.sizes(), " ", lse.scalar_type());
+  TORCH_CHECK(direct.dim() == 1 && direct.size(0) == N && direct.scalar_type() == at::kBool &&
+                  direct.device() == z.device(),
+              "xvae_fast: direct must be (", N, ",) bool on ", z.device(), ", got ", direct.sizes(),
+              " ", direct.scalar_type());
+}
+
 // ---- component_kl / mixture_bound ------------------------------------------------------------------
 // mu, logvar (B, K); means, stds (C, K) with C >= 1 in the accumulation dtype of mu, on its device.
 inline void check_component_kl_args(const at::Tensor& mu, const at::Tensor& logvar,

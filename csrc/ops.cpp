@@ -38,11 +38,20 @@ TORCH_LIBRARY(xvae_fast, m) {
         {at::Tag::nondeterministic_seeded});
   m.def("sample_prior_backward(Tensor grad_z, Tensor rng_state, Tensor means, Tensor stds, "
         "Tensor pi_p, float alpha, bool per_row) -> (Tensor grad_means, Tensor grad_stds)");
+  // The backward's needs = which of (z, log_weights, means, log_vars) want a gradient; the others
+  // are returned undefined (None) and their work is skipped.
   m.def("mixture_log_prob(Tensor z, Tensor log_weights, Tensor means, Tensor log_vars, "
         "bool return_responsibilities) -> (Tensor log_prob, Tensor responsibilities)");
   m.def("mixture_log_prob_backward(Tensor grad, Tensor? grad_resp, Tensor z, Tensor log_weights, "
-        "Tensor means, Tensor log_vars) -> (Tensor grad_z, Tensor grad_log_weights, "
-        "Tensor grad_means, Tensor grad_log_vars)");
+        "Tensor means, Tensor log_vars, bool[4] needs=[True, True, True, True]) "
+        "-> (Tensor grad_z, Tensor grad_log_weights, Tensor grad_means, Tensor grad_log_vars)");
+  // The isotropic Gaussian KDE with one bandwidth (a 0-dim tensor): log q (N,), the logsumexp of the
+  // scores (N,) in the accumulation dtype and which rows were computed in the direct form (N,) bool,
+  // both for the backward. The centres get no gradient.
+  m.def("kde_log_prob(Tensor z, Tensor centres, Tensor bandwidth, bool exclude_self) "
+        "-> (Tensor log_prob, Tensor lse, Tensor direct)");
+  m.def("kde_log_prob_backward(Tensor grad, Tensor z, Tensor centres, Tensor bandwidth, Tensor lse, "
+        "Tensor direct, bool exclude_self) -> Tensor grad_z");
   m.def("component_kl(Tensor mu, Tensor logvar, Tensor means, Tensor stds) -> Tensor kl");
   m.def("component_kl_backward(Tensor grad, Tensor mu, Tensor logvar, Tensor means, Tensor stds) "
         "-> (Tensor grad_mu, Tensor grad_logvar)");

@@ -26,6 +26,8 @@ SETUPS = {
     "uae-vae": ["--model", "uae", "--uae-variant", "vae"],
     "uae-random": ["--model", "uae", "--uae-variant", "utvae", "--uae-heuristic", "random"],
     "uae": ["--model", "uae"],
+    # 144 rows after the validation part: 40 KDE centres, 104 SGD rows = batches of 37, 37, 30
+    "avae": ["--model", "avae", "--avae-centres", "40", "--avae-bandwidth", "0.5", "--epochs-vae", "5"],
 }
 
 

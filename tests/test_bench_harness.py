@@ -62,6 +62,18 @@ def test_lean_peers_compute_the_ops():
     lw = torch.log_softmax(torch.randn(5, dtype=torch.float64), 0)
     means, lvs = torch.randn(5, K, dtype=torch.float64), torch.randn(5, K, dtype=torch.float64) * 0.3
     torch.testing.assert_close(peers.mixture_log_prob(mu, lw, means, lvs), xf.mixture_log_prob(mu, lw, means, lvs))
+    # the KDE's matrix-product form: equal in float64, and to float32 rounding at the benchmarked
+    # inputs (N(0, I) points and centres, AVAE's bandwidths), gradients to z included
+    centres = torch.randn(300, K, dtype=torch.float64)
+    for dtype, tol in ((torch.float64, dict(rtol=1e-12, atol=1e-12)), (torch.float32, dict(rtol=1e-5, atol=1e-5))):
+        for h in (0.584, 0.746):
+            za, zb = (mu.to(dtype).clone().requires_grad_() for _ in range(2))
+            a, b = peers.kde_log_prob(za, centres.to(dtype), h), xf.kde_log_prob(zb, centres.to(dtype), h)
+            torch.testing.assert_close(a, b, **tol)
+            torch.testing.assert_close(torch.autograd.grad(a.sum(), za)[0], torch.autograd.grad(b.sum(), zb)[0], **tol)
+            # bench/kde.py's other peer: the KDE as a mixture_log_prob wrapper
+            import kde
+            torch.testing.assert_close(kde.kde_wrapper(zb.detach(), centres.to(dtype), h), b.detach(), **tol)
     # the random ones agree in distribution: moments of many draws
     n = 200000
     big_mu, big_lv = torch.zeros(n, K, dtype=torch.float64), torch.zeros(n, K, dtype=torch.float64)
@@ -76,3 +88,19 @@ def test_lean_peers_compute_the_ops():
         a, b = peers.sample_prior(wt, M, S, n, routing), xf.sample_prior(prior, n, 1.0, routing)
         torch.testing.assert_close(a.mean(0), b.mean(0), atol=0.03, rtol=0)
         torch.testing.assert_close(a.std(0), b.std(0), atol=0.03, rtol=0)
+
+
+def test_kde_bench_writes_its_tables(tmp_path):
+    # bench/kde.py end to end on its skip-gradient table (the KDE and mixture tables time the paper
+    # sizes: minutes, not a test); its peers are checked against the ops above.
+    script = BENCH.parent / "kde.py"
+    out = subprocess.run([sys.executable, str(script), "--only", "skip", "--repeats", "1", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "kde-cpu-skip.json").read_text())
+    rows = report["rows"]
+    assert [(r["N"], r["C"], r["d"]) for r in rows] == [(12800, 100, 32), (3200, 100, 128), (51200, 64, 2),
+                                                       (100, 10000, 16)]
+    assert all(r["all_ms"] > 0 and r["z_ms"] > 0 for r in rows)
+    md = (tmp_path / "kde-cpu-skip.md").read_text()
+    assert "| 12800 | 100 | 32 |" in md and "Command:" in md

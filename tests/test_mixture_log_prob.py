@@ -84,6 +84,112 @@ def test_opcheck(device):
     zd, lwd, md, lvd = (t.detach() for t in (z, lw, m, lv))
     torch.library.opcheck(torch.ops.xvae_fast.mixture_log_prob_backward, (g, None, zd, lwd, md, lvd))
     torch.library.opcheck(torch.ops.xvae_fast.mixture_log_prob_backward, (g, G, zd, lwd, md, lvd))
+    # only some gradients asked for: the others are None, in the kernels and the fake kernel alike
+    for needs in ([True, False, False, False], [False, True, True, False], [False, False, False, True]):
+        torch.library.opcheck(torch.ops.xvae_fast.mixture_log_prob_backward, (g, G, zd, lwd, md, lvd, needs))
+
+
+# -- skipped gradient work ---------------------------------------------------------------------------
+
+NEEDS = [tuple(bool(b >> k & 1) for k in range(4)) for b in range(1, 16)]
+
+
+@pytest.mark.parametrize("with_resp", [False, True])
+@pytest.mark.parametrize("shape", [(33, 13, 5), (9, 1100, 64)])  # one table tile, several
+def test_partial_requires_grad_equals_the_full_computation(device, with_resp, shape):
+    # Every subset of inputs requiring grad (a frozen prior, detached points, ...): the gradients of
+    # those inputs equal the full computation's, and the others get none.
+    N, C, d = shape
+    base = make_mixture(N, C, d, device, torch.float32, seed=11)
+    gen = torch.Generator().manual_seed(12)
+    wl = torch.randn(N, generator=gen).to(device)
+    wr = torch.randn(N, C, generator=gen).to(device)
+
+    def grads(mask):
+        ins = [t.clone().requires_grad_(k) for t, k in zip(base, mask)]
+        lp, r = xf.mixture_log_prob(*ins, return_responsibilities=True)
+        loss = (lp * wl).sum() + ((r * wr).sum() if with_resp else 0)
+        got = torch.autograd.grad(loss, [t for t in ins if t.requires_grad])
+        it = iter(got)
+        return [next(it) if k else None for k in mask]
+
+    full = grads((True,) * 4)
+    for mask in NEEDS[:-1]:
+        for name, a, b, k in zip(("z", "log_weights", "means", "log_vars"), grads(mask), full, mask):
+            if k:
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6 * max(1.0, b.abs().max().item()),
+                                           msg=f"{name} {mask}")
+
+
+@pytest.mark.parametrize("needs", NEEDS)
+def test_backward_op_returns_only_the_gradients_asked_for(device, needs):
+    z, lw, m, lv = make_mixture(9, 4, 3, device, seed=13)
+    g = torch.randn(9, dtype=torch.float64, device=device)
+    want = torch.ops.xvae_fast.mixture_log_prob_backward(g, None, z, lw, m, lv)
+    got = torch.ops.xvae_fast.mixture_log_prob_backward(g, None, z, lw, m, lv, list(needs))
+    for a, b, k in zip(got, want, needs):
+        if k:
+            torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+        else:
+            assert a is None
+
+
+def test_detached_prior_asks_for_dz_only(device, monkeypatch):
+    # S-IntroVAE's detached-target KL: the backward op is told to skip the parameter gradients.
+    import xvae_fast._registration as reg
+    seen = []
+    real = torch.ops.xvae_fast.mixture_log_prob_backward
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(torch.ops.xvae_fast, name)
+
+        def mixture_log_prob_backward(self, *args):
+            seen.append(list(args[6]))
+            return real(*args)
+    monkeypatch.setattr(reg, "ops", Spy())
+    z, lw, m, lv = make_mixture(8, 3, 2, device, seed=14)
+    logits = torch.zeros(3, dtype=torch.float64, device=device, requires_grad=True)
+    z.requires_grad_()
+    torch.autograd.grad(xf.mixture_log_prob(z, torch.log_softmax(logits, 0).detach(), m, lv).sum(), z)
+    m.requires_grad_()
+    torch.autograd.grad(xf.mixture_log_prob(z.detach(), lw, m, lv).sum(), m)
+    assert seen == [[True, False, False, False], [False, False, True, False]]
+
+
+def test_many_components_tiled_path_matches_reference(device):
+    # C d past one L2 tile (the tables are cut into tiles, each row keeps an online logsumexp across
+    # them): values, responsibilities and all gradients, with upstream gradients on both outputs.
+    for dtype, tol in ((torch.float64, dict(rtol=1e-10, atol=1e-12)), (torch.float32, dict(rtol=2e-5, atol=1e-6))):
+        args = make_mixture(19, 1500, 48, device, dtype, seed=17, spread=0.5, requires_grad=True)
+        assert 1500 * 48 * 2 * (8 if dtype == torch.float64 else 4) > 1 << 18  # several tiles
+        lp, r = xf.mixture_log_prob(*args, return_responsibilities=True)
+        ref = [t.detach().double().requires_grad_() for t in args]
+        rlp, rr = R.mixture_log_prob(*ref, return_responsibilities=True)
+        torch.testing.assert_close(lp.double(), rlp, rtol=tol["rtol"], atol=tol["atol"] * rlp.abs().max().item())
+        torch.testing.assert_close(r.double(), rr, **tol)
+        gen = torch.Generator().manual_seed(18)
+        wl = torch.randn(19, generator=gen, dtype=torch.float64).to(device)
+        wr = torch.randn(19, 1500, generator=gen, dtype=torch.float64).to(device)
+        for with_resp in (False, True):
+            loss = (lp.double() * wl).sum() + ((r.double() * wr).sum() if with_resp else 0)
+            want_loss = (rlp * wl).sum() + ((rr * wr).sum() if with_resp else 0)
+            got = torch.autograd.grad(loss, args, retain_graph=True)
+            want = torch.autograd.grad(want_loss, ref, retain_graph=True)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a.double(), b, rtol=tol["rtol"] * 10,
+                                           atol=tol["atol"] * 10 * max(1.0, b.abs().max().item()))
+
+
+def test_broadcast_parameters_read_in_place(device):
+    # Stride-0 (expanded) weights and log-variances give what their contiguous copies give.
+    z, _, m, _ = make_mixture(12, 5, 4, device, seed=19)
+    lw = torch.full((1,), -math.log(5), dtype=torch.float64, device=device)
+    lv = torch.full((1, 4), 0.3, dtype=torch.float64, device=device)
+    lv[0, 2] = -0.7
+    a = xf.mixture_log_prob(z, lw.expand(5), m, lv.expand(5, 4))
+    b = xf.mixture_log_prob(z, lw.expand(5).contiguous(), m, lv.expand(5, 4).contiguous())
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_compile_fullgraph_matches_eager(device):

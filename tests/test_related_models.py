@@ -211,7 +211,10 @@ def test_compare_has_the_related_rows(tmp_path):
     from xvae_fast.compare import run_comparison
     rows = run_comparison("digits", 1, str(tmp_path / "cmp"), ["vae", "related"], quick=True, verbose=False)
     by = {r["key"]: r for r in rows}
-    assert list(by) == ["vae", "twostage", "twostage-stage1", "uae", "utvae", "vae-k"]
+    from xvae_fast.compare import RELATED_KEYS
+    assert list(by) == ["vae"] + RELATED_KEYS
+    assert RELATED_KEYS[:6] == ["twostage", "twostage-stage1", "uae", "utvae", "vae-k", "avae"]
+    assert by["avae"]["status"] == "trained" and by["avae"]["test_recon"] is not None
     assert by["twostage"]["status"] == "trained" and by["twostage"]["test_objective"] is not None
     assert by["twostage-stage1"]["run"] == by["twostage"]["run"]
     assert by["twostage-stage1"].get("test_objective") is None and by["twostage-stage1"]["status"] == "from twostage"

@@ -4,8 +4,8 @@ from ._ext import cuda_kernels_available, extension_available
 from . import reference
 from .plans import PRESETS, CoordinatePlan, Plan
 from .prior import MixturePrior
-from .functional import (component_kl, draw_noise, gaussian_kl, mixture_bound, mixture_kl, mixture_log_prob, responsibilities,
-                         routed_transport,
+from .functional import (component_kl, draw_noise, gaussian_kl, kde_log_prob, mixture_bound, mixture_kl,
+                         mixture_log_prob, responsibilities, routed_transport,
                          routed_transport_with_state, sample_mixture_with_state, sample_prior)
 from .sigma_points import select_sigma_indices, sigma_points, ut_weights
 
@@ -14,7 +14,7 @@ if extension_available():
 
 __all__ = [
     "MixturePrior", "Plan", "CoordinatePlan", "PRESETS", "responsibilities", "mixture_kl",
-    "gaussian_kl", "mixture_log_prob", "component_kl", "mixture_bound", "routed_transport", "routed_transport_with_state", "sample_prior",
+    "gaussian_kl", "mixture_log_prob", "kde_log_prob", "component_kl", "mixture_bound", "routed_transport", "routed_transport_with_state", "sample_prior",
     "sample_mixture_with_state", "draw_noise", "reference", "extension_available",
     "cuda_kernels_available", "sigma_points", "select_sigma_indices", "ut_weights",
 ]

@@ -78,9 +78,22 @@ def _(z, log_weights, means, log_vars, return_responsibilities):
 
 
 @torch.library.register_fake("xvae_fast::mixture_log_prob_backward")
-def _(grad, grad_resp, z, log_weights, means, log_vars):
-    return (torch.empty_like(z), torch.empty_like(log_weights), torch.empty_like(means),
-            torch.empty_like(log_vars))
+def _(grad, grad_resp, z, log_weights, means, log_vars, needs=(True, True, True, True)):
+    # Gradients not asked for are undefined (None), as the kernels return them; the others are
+    # contiguous, also for a broadcast (stride-0) input.
+    like = (z, log_weights, means, log_vars)
+    return tuple(t.new_empty(t.shape) if need else None for t, need in zip(like, needs))
+
+
+@torch.library.register_fake("xvae_fast::kde_log_prob")
+def _(z, centres, bandwidth, exclude_self):
+    N = z.shape[0]
+    return z.new_empty((N,)), z.new_empty((N,), dtype=_acc(z.dtype)), z.new_empty((N,), dtype=torch.bool)
+
+
+@torch.library.register_fake("xvae_fast::kde_log_prob_backward")
+def _(grad, z, centres, bandwidth, lse, direct, exclude_self):
+    return z.new_empty(z.shape)
 
 
 @torch.library.register_fake("xvae_fast::component_kl")
@@ -192,12 +205,35 @@ def _mixture_log_prob_backward(ctx, grad, grad_resp):
     z, log_weights, means, log_vars = ctx.saved_tensors
     g = _zeros_if_none(grad, z.new_empty((z.shape[0],)))
     G = grad_resp if ctx.with_resp else None
-    dz, dlw, dm, dlv = ops.mixture_log_prob_backward(g, G, z, log_weights, means, log_vars)
+    # Only the gradients autograd asks for: a detached prior (S-IntroVAE's frozen-target KL calls)
+    # costs no parameter-gradient work, detached points no dz.
+    needs = list(ctx.needs_input_grad[:4])
+    dz, dlw, dm, dlv = ops.mixture_log_prob_backward(g, G, z, log_weights, means, log_vars, needs)
     return dz, dlw, dm, dlv, None
 
 
 torch.library.register_autograd("xvae_fast::mixture_log_prob", _mixture_log_prob_backward,
                                 setup_context=_mixture_log_prob_setup)
+
+
+def _kde_setup(ctx, inputs, output):
+    z, centres, bandwidth, exclude_self = inputs
+    _, lse, direct = output
+    ctx.save_for_backward(z, centres, bandwidth, lse, direct)
+    ctx.exclude_self = exclude_self
+    ctx.mark_non_differentiable(lse, direct)  # internal: for the backward
+
+
+def _kde_backward(ctx, grad, _g_lse, _g_direct):
+    z, centres, bandwidth, lse, direct = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None, None, None, None
+    g = _zeros_if_none(grad, z.new_empty((z.shape[0],)))
+    dz = ops.kde_log_prob_backward(g, z, centres, bandwidth, lse, direct, ctx.exclude_self)
+    return dz, None, None, None  # no gradient to the centres or the bandwidth, by definition
+
+
+torch.library.register_autograd("xvae_fast::kde_log_prob", _kde_backward, setup_context=_kde_setup)
 
 
 def _component_kl_setup(ctx, inputs, output):

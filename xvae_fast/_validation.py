@@ -88,3 +88,58 @@ def check_prior_device(prior, ref: torch.Tensor, ref_name: str) -> None:
     if prior.means.device != ref.device:
         raise ValueError(f"the prior is on {prior.means.device} but {ref_name} is on {ref.device}; "
                          "move it with prior.to(device)")
+
+
+def check_kde_args(z, centres, bandwidth, exclude_self: bool):
+    """kde_log_prob's arguments: z (N, d) floating; centres (m, d) of z's dtype and device, m >= 1
+    (with exclude_self, m == N >= 2); bandwidth a positive finite Python number or a 0-dim floating
+    tensor that does not require grad (the op does not differentiate it). Value checks (bandwidth,
+    finite centres) cost one host sync and are skipped while compiling."""
+    check_tensor(z, "z")
+    if z.dtype not in FLOATING:
+        raise TypeError(f"z must be float32, float64, float16 or bfloat16, got {z.dtype}")
+    if z.dim() != 2:
+        raise ValueError(f"z must have shape (N, d), got {tuple(z.shape)}")
+    check_tensor(centres, "centres")
+    if centres.dim() != 2 or centres.shape[0] < 1 or centres.shape[1] != z.shape[1]:
+        raise ValueError(f"centres must have shape (m, d) with m >= 1 and d = {z.shape[1]} to match z, "
+                         f"got {tuple(centres.shape)}")
+    if centres.dtype != z.dtype:
+        raise TypeError(f"centres has dtype {centres.dtype} but z has {z.dtype}; pass centres.to(z.dtype)")
+    if centres.device != z.device:
+        raise ValueError(f"centres is on {centres.device} but z is on {z.device}")
+    if not isinstance(exclude_self, bool):
+        raise TypeError(f"exclude_self must be a bool, got {type(exclude_self).__name__}")
+    if exclude_self and (centres.shape[0] < 2 or centres.shape[0] != z.shape[0]):
+        raise ValueError("exclude_self=True leaves out the i = j term, so it needs the points to be the "
+                         "centres' own rows: z and centres with the same number of rows, at least 2, "
+                         f"got N = {z.shape[0]} and m = {centres.shape[0]}")
+    if isinstance(bandwidth, torch.Tensor):
+        if bandwidth.dim() != 0:
+            raise ValueError(f"bandwidth must be a positive number or a 0-dim tensor, got a tensor of "
+                             f"shape {tuple(bandwidth.shape)}")
+        if not bandwidth.is_floating_point():
+            raise TypeError(f"bandwidth must be a floating-point tensor, got {bandwidth.dtype}")
+        if bandwidth.device != z.device and bandwidth.device.type != "cpu":
+            raise ValueError(f"bandwidth is on {bandwidth.device} but z is on {z.device}")
+        if bandwidth.requires_grad and torch.is_grad_enabled():
+            raise ValueError("bandwidth requires grad, but kde_log_prob does not differentiate the "
+                             "bandwidth (nor the centres); pass bandwidth.detach(), or fit it with "
+                             "xvae_fast.reference.kde_log_prob's formula written out in PyTorch")
+    elif isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)):
+        raise TypeError(f"bandwidth must be a positive number or a 0-dim tensor, got "
+                        f"{type(bandwidth).__name__}")
+    elif not (0 < bandwidth < float("inf")):
+        raise ValueError(f"bandwidth must be positive and finite, got {bandwidth!r}")
+    if not values_checkable():
+        return
+    # min and max in one pass (NaN propagates into both): no (m, d) temporary, unlike isfinite().all()
+    ok = torch.isfinite(torch.stack(torch.aminmax(centres.detach()))).all()
+    if isinstance(bandwidth, torch.Tensor):
+        h = bandwidth.detach().to(ok.device)
+        ok = ok & torch.isfinite(h) & (h > 0)
+    if bool(ok):
+        return
+    if isinstance(bandwidth, torch.Tensor) and not (0 < float(bandwidth) < float("inf")):
+        raise ValueError(f"bandwidth must be positive and finite, got {float(bandwidth)!r}")
+    raise ValueError("centres contains NaN or inf")

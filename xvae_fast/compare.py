@@ -66,20 +66,24 @@ ENTRIES = [
     ("uae", "uae", None, "UAE (sigma points, mean image, W, GP; ex-post GMM)"),
     ("utvae", "uae", None, "UT-VAE (sigma points, mean image, KL; ex-post GMM)"),
     ("vae-k", "uae", None, "VAE with K samples (UAE family; ex-post GMM)"),
+    ("avae", "avae", None, "AVAE (KDE aggregate posterior)"),
+    ("introprior", "introprior", None, "S-IntroVAE, learned mixture prior (IP, LC)"),
+    ("introprior-sg", "introprior", None, "S-IntroVAE, N(0, I) prior (SG)"),
 ]
 # rows trained with more than --model (the UAE ablation family)
-ROW_ARGS = {"utvae": ["--uae-variant", "utvae"], "vae-k": ["--uae-variant", "vae"]}
+ROW_ARGS = {"utvae": ["--uae-variant", "utvae"], "vae-k": ["--uae-variant", "vae"],
+            "introprior-sg": ["--introprior-prior", "sg"]}
 # rows that evaluate another row's run with a reference sampler: key -> (source row, sampler)
 DERIVED = {"twostage-stage1": ("twostage", "stage1")}
 KEYS = [e[0] for e in ENTRIES]
-RELATED_KEYS = ["twostage", "twostage-stage1", "uae", "utvae", "vae-k"]
+RELATED_KEYS = ["twostage", "twostage-stage1", "uae", "utvae", "vae-k", "avae", "introprior", "introprior-sg"]
 PAPER_KEYS = [k for k in KEYS if k not in RELATED_KEYS]     # the default: the paper's tables
 # --models accepts these group names beside row keys
 GROUPS = {"paper": PAPER_KEYS, "related": RELATED_KEYS, "all": KEYS}
 BASELINE_KEYS = KEYS[:5]
 XVAE_KEYS = [e[0] for e in ENTRIES if e[1] == "xvae"]
 # --quick: a few steps per run, no figures (tests, smoke checks)
-QUICK = ["--limit", "240", "--batch-size", "64", "--epochs-ae", "1", "--epochs-vae", "1",
+QUICK = ["--limit", "240", "--batch-size", "64", "--epochs-ae", "1", "--epochs-vae", "1", "--epochs-game", "1",
          "--em-n-init", "1", "--no-outputs"]
 EVAL_COLUMNS = ["rec", "fd_name", "fd_samples", "fd_recon", "fd_interp", "precision", "recall", "fid_samples",
                 "fid_recon", "is_mean", "is_std", "in_modes", "mode_shares"]
@@ -320,6 +324,9 @@ def to_markdown(rows: List[Dict[str, Any]], data: str, seed: int) -> str:
     if any(r["model"] == "twostage" for r in done):
         lines.append("Two-Stage VAE: stage 1's objective on x (Gaussian with the learned variance gamma: "
                      "a density, negative once gamma is small); its prior parameters are the stage-2 VAE.")
+    if any(r["model"] == "avae" for r in done):
+        lines.append("AVAE: squared error (or BCE) + beta * KL, the KL the minibatch estimate log q_KDE(z) - "
+                     "log p(z) on the epoch's KDE centres (can be negative); no prior parameters.")
     if any(r["model"] == "uae" for r in done):
         lines.append("UAE family: paper 003's objective (the code form by default: squared error of the "
                      "mean decoded image averaged over pixels, plus the weighted regulariser and gradient "

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any, Dict, List, Optional, Union
 
-from .data.spec import DEFAULTS, parse_dataset_spec
+from .data.spec import DEFAULTS, TOY2D_KINDS, parse_dataset_spec
 from .errors import ConfigError
 from .plans import Plan
 from .functional import ROUTINGS
@@ -39,7 +39,9 @@ METHOD_CHOICES = {
 }
 # --preset default's likelihood per data kind (docs/choosing-defaults.md)
 DEFAULT_LIKELIHOOD = {"digits": "bernoulli", "mnist": "bernoulli", "celeba": "gaussian",
-                      "images": "gaussian", "clusters": "gaussian", "npy": "gaussian"}
+                      "images": "gaussian", "clusters": "gaussian", "npy": "gaussian",
+                      # the 2-D benchmark: as the clusters (the learned variance explains the spread)
+                      **dict.fromkeys(TOY2D_KINDS, "gaussian")}
 # What a run saved before these options existed used (the paper's readings): filled in when an older
 # checkpoint's config is read, so such runs still resume and sample.
 LEGACY_VALUES = dict(preset="paper", kl="paper", stage2_init="random", routing="per-coordinate",
@@ -110,6 +112,32 @@ class TrainConfig:
     uae_beta: Optional[float] = None         # uae: regulariser weight (default per form/variant)
     uae_gamma: Optional[float] = None        # uae: gradient-penalty weight (default 1e-6)
     expost_components: int = 10              # uae: full-covariance GMM components of the ex-post sampler
+    introprior_prior: str = "ip"             # introprior: sg | fixed | ip (SPEC-related 1.1)
+    introprior_weights: str = "learned"      # introprior: uniform | learned (LC) mixture weights
+    introprior_components: Optional[int] = None   # introprior: M (default per dataset)
+    introprior_mog_warmup: Optional[int] = None   # introprior: last warm-up epochs with the mixture
+    epochs_game: Optional[int] = None        # introprior: epochs of the adversarial game
+    introprior_beta_rec: Optional[float] = None   # introprior: b_rec (default per dataset)
+    introprior_beta_kl: Optional[float] = None    # introprior: b_kl
+    introprior_beta_neg: Optional[float] = None   # introprior: b_neg
+    introprior_preset: str = "paper"         # introprior: 2-D betas from the paper's grid | the code
+    introprior_mc: int = 100                 # introprior: T Monte Carlo draws per KL
+    introprior_alpha: float = 2.0            # introprior: alpha of the exponential ELBO
+    introprior_gamma: float = 1.0            # introprior: gamma (fake KL weight in LDP)
+    introprior_gamma_r: float = 1e-8         # introprior: gamma_r (fake reconstruction weight in LDP)
+    introprior_entropy: float = 0.0          # introprior: r_ent, responsibility-entropy weight
+    introprior_clip: float = 10.0            # introprior: K of the adaptive soft clip (0: none)
+    introprior_scale: Optional[float] = None      # introprior: s (default 1 / input size)
+    introprior_lr_prior: Optional[float] = None   # introprior: the prior's Adam lr (default --lr)
+    introprior_milestones: Optional[List[int]] = None   # introprior: lr x0.1 at these global steps
+    introprior_code_parity: bool = False     # introprior: the code's Vamp->MoG weight conversion
+    avae_centres: Optional[int] = None       # avae: KDE centres m (None: per dataset, <= half the rows)
+    avae_val_fraction: float = 0.1           # avae: held-out share of the training set that sets beta
+    avae_refresh_steps: int = 10             # avae: k_b, re-encode the centres every k_b global steps
+    avae_beta: str = "rule"                  # avae: rule (Eq. 9) | rms | rms:V | const:V (code parity)
+    avae_bandwidth: Optional[float] = None   # avae: the used bandwidth h in (0, 1) (None: the estimator)
+    avae_kde_floor: Optional[float] = None   # avae: max_cdf of the code's floored log10 KDE (None: paper)
+    avae_lr_plateau: Optional[int] = None    # avae: ReduceLROnPlateau patience in epochs (0: off)
     # prior fit (stage 1 -> 2)
     prior_fit: str = "auto"
     em_n_init: int = 3

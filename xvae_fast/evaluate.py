@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also evaluate the run's ex-post reference (its stage-1 autoencoder decoding "
                    "per-row samples of the fitted prior; eval_expost.json/.md), the row every two-stage "
                    "model must beat (default: on for X-VAE runs). A Two-Stage VAE run also gets its "
-                   "stage-1-only sampling (eval_stage1.json); --no-expost skips every reference")
+                   "stage-1-only sampling (eval_stage1.json), an AVAE run its decoder on N(0, I) "
+                   "(eval_normal.json); --no-expost skips every reference")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--quiet", action="store_true", help="print only the result table")
     return p
@@ -131,7 +132,7 @@ def options_from_args(args):
 
 def _references(run: str) -> List[str]:
     """The reference samplers evaluated beside a run by default: X-VAE's ex-post reference (a run past
-    its prior fit), the Two-Stage VAE's stage-1-only sampling."""
+    its prior fit), the Two-Stage VAE's stage-1-only sampling, the AVAE's N(0, I) sampling."""
     from .config import TrainConfig
     from .models import get_recipe
     from .training import checkpoint as ckpt

@@ -8,7 +8,7 @@ import torch
 
 from . import reference
 from ._ext import require_extension
-from ._validation import (FLOATING, STD_RANGE, check_batch, check_inputs_finite,
+from ._validation import (FLOATING, STD_RANGE, check_batch, check_inputs_finite, check_kde_args,
                           check_prior_device, check_reduction, check_std_range, check_tensor,
                           values_checkable, check_finite as require_finite)
 from .plans import Plan, resolve_plan
@@ -224,6 +224,28 @@ def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, means: torch.Te
     check_inputs_finite(check_finite, {"z": z})
     lp, resp = _ops().mixture_log_prob(z, log_weights, means, log_vars, return_responsibilities)
     return (lp, resp) if return_responsibilities else lp
+
+
+def kde_log_prob(z: torch.Tensor, centres: torch.Tensor, bandwidth: Union[float, torch.Tensor],
+                 exclude_self: bool = False, check_finite: bool = False) -> torch.Tensor:
+    """log q(z_i) (N,) under the isotropic Gaussian kernel density estimate on `centres` (m, d) with
+    bandwidth h (AVAE's aggregate posterior):
+        log q(z_i) = logsumexp_j(-||z_i - c_j||^2 / (2 h^2)) - log m - d log h - (d/2) log 2 pi.
+    `bandwidth` is a positive number or a 0-dim tensor. exclude_self=True (z and centres with the
+    same rows, N == m >= 2) leaves out exactly the j = i term and divides by m - 1 (leave-one-out).
+    Differentiable in z only: the centres are always treated as detached (the KDE is a fixed
+    target, as in the paper), and a bandwidth that requires grad is refused rather than silently
+    given no gradient. The fused kernel forms the scores as a matrix product against the centres
+    shifted by a central point (the mean of up to 1024 of them), with an online logsumexp (nothing
+    of size N x m); rows where that expanded square would lose float precision (points far off
+    the shift relative to h) are computed in the direct (z - c)^2 form instead."""
+    check_kde_args(z, centres, bandwidth, exclude_self)
+    check_inputs_finite(check_finite, {"z": z})
+    # (a fill on z's device, not a host-to-device copy: no sync on a GPU)
+    h = bandwidth.detach() if isinstance(bandwidth, torch.Tensor) else \
+        torch.full((), float(bandwidth), dtype=torch.float64, device=z.device)
+    lp, _, _ = _ops().kde_log_prob(z, centres.detach(), h, exclude_self)
+    return lp
 
 
 BOUND_KINDS = reference.BOUND_KINDS

@@ -13,7 +13,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._validation import check_reduction
+from ._validation import check_finite as check_finite_values
+from ._validation import check_kde_args, check_reduction
 from .plans import Plan, resolve_plan
 from .prior import MixturePrior
 
@@ -175,6 +176,29 @@ def mixture_log_prob(z, log_weights, means, log_vars, return_responsibilities: b
     if not return_responsibilities:
         return lp.to(z.dtype)
     return lp.to(z.dtype), torch.exp(joint - lp[:, None]).to(z.dtype)
+
+
+def kde_log_prob(z, centres, bandwidth, exclude_self: bool = False, check_finite: bool = False):
+    """log q(z_i) (N,) of the isotropic Gaussian kernel density estimate on the centres (m, d) with
+    bandwidth h: logsumexp_j(-||z_i - c_j||^2 / (2 h^2)) - log m - d log h - (d/2) log 2 pi, by
+    materialising the (N, m, d) differences. exclude_self=True (N == m) leaves out j = i and divides
+    by m - 1. Differentiable in z; the centres are treated as detached, and a bandwidth that
+    requires grad is refused (as by the fused op)."""
+    check_kde_args(z, centres, bandwidth, exclude_self)
+    if check_finite:
+        check_finite_values(z, "z")
+    acc = _acc(z.dtype)
+    z_a, c = z.to(acc), centres.detach().to(acc)
+    h = torch.as_tensor(bandwidth, dtype=acc).detach().to(z.device) if isinstance(bandwidth, torch.Tensor) \
+        else torch.tensor(float(bandwidth), dtype=acc, device=z.device)
+    N, d = z.shape
+    m = c.shape[0]
+    scores = -((z_a[:, None, :] - c[None]) ** 2).sum(-1) / (2 * h * h)
+    if exclude_self:
+        scores = scores.masked_fill(torch.eye(N, dtype=torch.bool, device=z.device), -math.inf)
+        m = m - 1
+    lse = torch.logsumexp(scores, dim=1) if N else scores.sum(1)
+    return (lse - math.log(m) - d * torch.log(h) - 0.5 * d * math.log(2 * math.pi)).to(z.dtype)
 
 
 def component_kl(mu, logvar, prior: MixturePrior):

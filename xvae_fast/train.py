@@ -21,6 +21,7 @@ examples:
   python -m xvae_fast.train --model vamp --pseudo-inputs 50   # a baseline (docs/baselines.md)
   python -m xvae_fast.train --model twostage                   # Two-Stage VAE (docs/models.md)
   python -m xvae_fast.train --model uae --uae-variant utvae    # Unscented AE ablation (docs/models.md)
+  python -m xvae_fast.train --model avae --batch-size 100 --lr 5e-4   # AVAE (docs/models.md)
   python -m xvae_fast.compare --data digits --out runs/compare-digits   # all baselines + X-VAE
   python -m xvae_fast.train --dataset mnist:data/mnist --download --plan split-1/3 --device cuda
   python -m xvae_fast.train --dataset celeba:data/celeba --plan k1-pq-np --amp bf16 --device cuda
@@ -31,7 +32,7 @@ examples:
 configurations (--plan, SPEC.md): single, full, interleaved, split-2/3, split-1/3, k1-pp-np,
 k1-pq-np, k1-pp-nq, k1-pq-nq, matched, or a JSON/YAML file {"coordinates": [{"route": "prior", "tie":
 "none", "source": "prior", "mode": "transport"}, ...]} with one entry per latent coordinate.
-models (--model): xvae, vae, vamp, hierarchical, mog, gmvae (docs/baselines.md), twostage, uae
+models (--model): xvae, vae, vamp, hierarchical, mog, gmvae (docs/baselines.md), twostage, uae, avae
 (docs/models.md).
 A run folder holds config.yaml (the full resolved config; pass it back with --config to repeat the
 run), checkpoint.pt, metrics.csv/json, curves.png, reconstructions.png, samples.png,
@@ -65,18 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", metavar="FILE", help="YAML or JSON file of options (keys as below, "
                    "with _ or -)")
     g.add_argument("--dataset", metavar="SPEC", help="digits (default, bundled 8x8 digits), clusters "
-                   "(bundled synthetic 2-D, 3 modes), mnist:DIR (IDX files, gz or not), celeba:DIR, images:DIR, "
-                   "npy:PATH (.npy/.npz array of vectors)")
+                   "(bundled synthetic 2-D, 3 modes), 8gaussians, 2spirals, checkerboard, rings (bundled "
+                   "2-D benchmark of paper 001, docs/toy2d.md), mnist:DIR (IDX files, gz or not), "
+                   "celeba:DIR, images:DIR, npy:PATH (.npy/.npz array of vectors)")
     g.add_argument("--model", choices=list(MODELS), help="xvae (two-stage X-VAE, default), or a baseline "
                    "of the paper trained end to end without stage 1: vae (standard VAE, N(0, I) prior), "
                    "vamp (VampPrior), hierarchical (two-level ladder VAE), mog (learned mixture prior), "
                    "gmvae (Gumbel-Softmax GM-VAE), or a related system: twostage (Two-Stage VAE), uae "
-                   "(Unscented Autoencoder); see docs/baselines.md and docs/models.md")
+                   "(Unscented Autoencoder), avae (AVAE, KDE aggregate posterior); see docs/baselines.md and "
+                   "docs/models.md")
     g.add_argument("--plan", metavar="NAME|FILE", help="X-VAE configuration: single, full, interleaved, "
                    "split-2/3, split-1/3, k1-pp-np, k1-pq-np, k1-pp-nq, k1-pq-nq, matched, or a custom plan "
                    "file (default: from --preset)")
     g.add_argument("--latent", type=int, metavar="K", help="latent size K, shared by AE and VAE "
-                   "(default per dataset: digits 10, clusters 3, mnist 64, celeba 256)")
+                   "(default per dataset: digits 10, clusters 3, 2-D benchmark 2, mnist 64, celeba 256)")
     g = p.add_argument_group("stage-2 method (SPEC Revision 2; docs/choosing-defaults.md)")
     g.add_argument("--preset", choices=["default", "paper"], help="default: the library's measured "
                    "choices (plan matched, --kl tight, --stage2-init ae, --routing per-row, likelihood "
@@ -97,11 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "learned variance gamma (default 0: none)")
     g = p.add_argument_group("baselines (docs/baselines.md)")
     g.add_argument("--pseudo-inputs", type=int, metavar="C", help="vamp: learned pseudo-inputs (default "
-                   "per dataset: mnist 200, celeba/images 32 (paper Table 5), digits 50, clusters 10, npy 50)")
+                   "per dataset: mnist 200, celeba/images 32 (paper Table 5), digits 50, clusters 10, "
+                   "2-D benchmark 64, npy 50)")
     g.add_argument("--mog-components", type=int, metavar="C", help="mog: components of the learned "
-                   "mixture prior (default 10; clusters 3)")
+                   "mixture prior (default 10; clusters 3; 2-D benchmark 64)")
     g.add_argument("--clusters", dest="gmvae_clusters", type=int, metavar="C", help="gmvae: values of "
-                   "the discrete cluster variable (default 10; clusters 3)")
+                   "the discrete cluster variable (default 10; clusters 3; 2-D benchmark 8)")
     g.add_argument("--hier-top", type=int, metavar="K2", help="hierarchical: size of the top latent "
                    "level z2 (default K // 2; the bottom level gets the rest of K)")
     g.add_argument("--hier-hidden", type=int, metavar="H", help="hierarchical: hidden width of the "
@@ -144,6 +148,65 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--uae-gamma", type=float, metavar="G", help="uae: gradient-penalty weight (default 1e-6)")
     g.add_argument("--expost-components", type=int, metavar="C", help="uae: components of the "
                    "full-covariance GMM fitted on the training means (default 10)")
+    g = p.add_argument_group("S-IntroVAE with a learned prior (--model introprior, docs/models.md)")
+    g.add_argument("--introprior-prior", choices=["sg", "fixed", "ip"], help="sg: N(0, I); fixed: a "
+                   "mixture learned in the VAE warm-up (VampPrior, then converted), frozen in the game; ip "
+                   "(default): the mixture also trained in the game (prior-decoder cooperation)")
+    g.add_argument("--introprior-weights", choices=["uniform", "learned"], help="mixture weights: "
+                   "uniform, or learned (default; the paper's LC)")
+    g.add_argument("--introprior-components", type=int, metavar="M", help="mixture components (default: "
+                   "2-D sets 64, digits 10, mnist/celeba/images 100)")
+    g.add_argument("--introprior-mog-warmup", type=int, metavar="E", help="the last E warm-up epochs use "
+                   "the converted mixture instead of the VampPrior (default: 2-D 3, images 5)")
+    g.add_argument("--epochs-game", type=int, metavar="N", help="epochs of the adversarial game after "
+                   "the --epochs-vae warm-up (0: the warm-up VAE alone; default: 2-D 700, digits 60, "
+                   "images 200)")
+    g.add_argument("--introprior-beta-rec", type=float, metavar="B", help="b_rec (default per dataset)")
+    g.add_argument("--introprior-beta-kl", type=float, metavar="B", help="b_kl (default per dataset)")
+    g.add_argument("--introprior-beta-neg", type=float, metavar="B", help="b_neg, the fake KL's weight "
+                   "in the encoder loss and the stability knob (default: 2-D per dataset, digits 32, "
+                   "mnist 128, celeba/images 256)")
+    g.add_argument("--introprior-preset", choices=["paper", "code"], help="2-D betas: the paper's grid "
+                   "values (default) or the authors' code configs")
+    g.add_argument("--introprior-mc", type=int, metavar="T", help="Monte Carlo draws per KL (default 100)")
+    g.add_argument("--introprior-alpha", type=float, metavar="A", help="alpha of the exponential ELBO "
+                   "(default 2)")
+    g.add_argument("--introprior-gamma", type=float, metavar="G", help="gamma, the fakes' KL weight in the "
+                   "decoder loss (default 1)")
+    g.add_argument("--introprior-gamma-r", type=float, metavar="G", help="gamma_r, the fakes' "
+                   "reconstruction weight in the decoder loss (default 1e-8)")
+    g.add_argument("--introprior-entropy", type=float, metavar="R", help="r_ent, weight of the "
+                   "responsibility-entropy term (default 0)")
+    g.add_argument("--introprior-clip", type=float, metavar="K", help="K of the adaptive soft clip of the "
+                   "prior log-variances under ip (default 10; 0: no clip)")
+    g.add_argument("--introprior-scale", type=float, metavar="S", help="s, the game's loss scale "
+                   "(default 1 / input size)")
+    g.add_argument("--introprior-lr-prior", type=float, metavar="LR", help="the prior's Adam learning "
+                   "rate (default --lr)")
+    g.add_argument("--introprior-milestones", type=_ints, metavar="S1,S2", help="learning rate x0.1 at "
+                   "these global steps (default: 2-D 10000,15000 as the code; none elsewhere)")
+    g.add_argument("--introprior-code-parity", action="store_true", help="convert the VampPrior's "
+                   "learned weights as the authors' code does (softmaxed weights loaded as logits) "
+                   "instead of exactly")
+    g = p.add_argument_group("AVAE, the aggregate posterior matched by a KDE (--model avae, docs/models.md)")
+    g.add_argument("--avae-centres", type=int, metavar="M", help="KDE centres m, redrawn every epoch "
+                   "(default: digits 512, mnist 10000, celeba 20000, else 1000; at most half of the "
+                   "rows left after the validation part)")
+    g.add_argument("--avae-val-fraction", type=float, metavar="F", help="share of the training set held "
+                   "out to set beta and the plateau schedule (default 0.1)")
+    g.add_argument("--avae-refresh-steps", type=int, metavar="KB", help="k_b: re-encode the centres every "
+                   "KB global steps and at each epoch's new subset (default 10)")
+    g.add_argument("--avae-beta", metavar="RULE", help="rule (default, paper Eq. 9: mean validation "
+                   "||x - D(E(x))||), rms (the authors' trainer: root mean square), rms:V (rms from V at "
+                   "epoch 0), const:V (a fixed weight, e.g. const:6.14 for the code's MNIST weight)")
+    g.add_argument("--avae-bandwidth", type=float, metavar="H", help="the used KDE bandwidth h in (0, 1) "
+                   "(default: h_opt(l, m) estimated, then h = h_opt / sqrt(1 + h_opt^2))")
+    g.add_argument("--avae-kde-floor", type=float, metavar="MAX_CDF", help="the authors' code's KL term: "
+                   "linear-space KDE plus the floor exp(-chi2_l^-1(MAX_CDF)/2) h^-l, in log10 (e.g. "
+                   "0.999999 for MNIST; default: the paper's natural-log logsumexp, no floor)")
+    g.add_argument("--avae-lr-plateau", type=int, metavar="P", help="halve the learning rate when the "
+                   "validation loss has not improved for P epochs (default: 5, the paper, on mnist, celeba "
+                   "and images; 0, off, on the bundled sets; with 0 --lr-schedule applies)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs-ae", type=int, metavar="N", help="stage-1 epochs (default per dataset)")
     g.add_argument("--epochs-vae", type=int, metavar="N", help="stage-2 epochs (default per dataset)")

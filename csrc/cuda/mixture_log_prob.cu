@@ -7,10 +7,13 @@
 // w = d loss / d joint (N, C) in place and accumulates dz; (B) one block per
 // (component, row chunk) sums the mean / log-variance pieces over its rows, threads over
 // coordinates; (C) the chunk partials are added in chunk order. No atomics: the result is
-// deterministic.
+// deterministic. Only the requested gradients are computed: with no parameter gradient (a frozen or
+// detached prior, the KDE) (B) and (C) do not run and no partials are allocated; with no z gradient
+// (A) skips dz.
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 
 #include "../mixture_density.h"
 #include "cuda_common.cuh"
@@ -30,22 +33,27 @@ struct Tables {
   const acc_t* kc;
 };
 
+// Strides of the parameter inputs: read in place, so a broadcast (stride-0) input is never copied.
+struct ParamStrides {
+  int64_t w, m0, m1, v0, v1;
+};
+
 template <typename scalar_t, typename acc_t>
 __global__ void mixture_tables_kernel(const scalar_t* __restrict__ log_w,
                                       const scalar_t* __restrict__ means,
-                                      const scalar_t* __restrict__ log_vars, int64_t C, int64_t d,
-                                      acc_t* __restrict__ m, acc_t* __restrict__ p,
-                                      acc_t* __restrict__ kc) {
+                                      const scalar_t* __restrict__ log_vars, ParamStrides st,
+                                      int64_t C, int64_t d, acc_t* __restrict__ m,
+                                      acc_t* __restrict__ p, acc_t* __restrict__ kc) {
   for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < C;
        c += int64_t(gridDim.x) * blockDim.x) {
     acc_t sum_lv = acc_t(0);
     for (int64_t j = 0; j < d; ++j) {
-      const acc_t v = ld<acc_t>(log_vars, c * d + j);
+      const acc_t v = ld<acc_t>(log_vars, c * st.v0 + j * st.v1);
       sum_lv += v;
       p[c * d + j] = xexp(-v);
-      m[c * d + j] = ld<acc_t>(means, c * d + j);
+      m[c * d + j] = ld<acc_t>(means, c * st.m0 + j * st.m1);
     }
-    kc[c] = mixture_component_const(ld<acc_t>(log_w, c), sum_lv, d);
+    kc[c] = mixture_component_const(ld<acc_t>(log_w, c * st.w), sum_lv, d);
   }
 }
 
@@ -91,7 +99,8 @@ __global__ void mixture_log_prob_kernel(const scalar_t* __restrict__ z, Tables<a
   }
 }
 
-// (A) w (N, C) and dz (N, d) per row; G (N, C) is the upstream gradient on r, or null.
+// (A) w (N, C) and (when dz is given) dz (N, d) per row; G (N, C) is the upstream gradient on r, or
+// null.
 template <typename scalar_t, typename acc_t>
 __global__ void mixture_rows_backward_kernel(const acc_t* __restrict__ g,
                                              const acc_t* __restrict__ G,
@@ -106,16 +115,19 @@ __global__ void mixture_rows_backward_kernel(const acc_t* __restrict__ g,
     const acc_t* Gr = G != nullptr ? G + n * C : nullptr;
     const OnlineLogSumExp<acc_t> lse = row_logsumexp<acc_t>(zr, t, C, d, Gr, wr);
     const acc_t v = lse.value(), rG = lse.mean_g(), gn = g[n];
-    acc_t* dzr = dz_acc + n * d;  // this thread's row: no races
-    for (int64_t j = 0; j < d; ++j) dzr[j] = acc_t(0);
+    acc_t* dzr = dz != nullptr ? dz_acc + n * d : nullptr;  // this thread's row: no races
+    if (dzr != nullptr)
+      for (int64_t j = 0; j < d; ++j) dzr[j] = acc_t(0);
     for (int64_t c = 0; c < C; ++c) {
       const acc_t wc = mixture_joint_grad(xexp(wr[c] - v), gn, Gr != nullptr ? Gr[c] : acc_t(0), rG);
       wr[c] = wc;
+      if (dzr == nullptr) continue;
       const acc_t* mc = t.m + c * d;
       const acc_t* pc = t.p + c * d;
       for (int64_t j = 0; j < d; ++j) dzr[j] = mixture_dz_step(ld<acc_t>(zr, j), mc[j], pc[j], wc, dzr[j]);
     }
-    for (int64_t j = 0; j < d; ++j) dz[n * d + j] = static_cast<scalar_t>(dzr[j]);
+    if (dzr != nullptr)
+      for (int64_t j = 0; j < d; ++j) dz[n * d + j] = static_cast<scalar_t>(dzr[j]);
   }
 }
 
@@ -150,6 +162,7 @@ __global__ void mixture_params_finish_kernel(const acc_t* __restrict__ part_m,
                                              int64_t C, int64_t d, int64_t chunks,
                                              scalar_t* __restrict__ dm, scalar_t* __restrict__ dlv,
                                              scalar_t* __restrict__ dlw) {
+  // Outputs not asked for are null.
   const int64_t total = C * d + C;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
        e += int64_t(gridDim.x) * blockDim.x) {
@@ -157,17 +170,18 @@ __global__ void mixture_params_finish_kernel(const acc_t* __restrict__ part_m,
     acc_t ws = acc_t(0);
     for (int64_t k = 0; k < chunks; ++k) ws += part_w[k * C + c];
     if (e >= C * d) {
-      dlw[c] = static_cast<scalar_t>(ws);
+      if (dlw != nullptr) dlw[c] = static_cast<scalar_t>(ws);
       continue;
     }
+    if (dm == nullptr && dlv == nullptr) continue;
     acc_t sm = acc_t(0), sq = acc_t(0);
     for (int64_t k = 0; k < chunks; ++k) {
       sm += part_m[k * C * d + e];
       sq += part_q[k * C * d + e];
     }
     const acc_t p = t.p[e];
-    dm[e] = static_cast<scalar_t>(mixture_mean_grad(p, sm));
-    dlv[e] = static_cast<scalar_t>(mixture_logvar_grad(p, sq, ws));
+    if (dm != nullptr) dm[e] = static_cast<scalar_t>(mixture_mean_grad(p, sm));
+    if (dlv != nullptr) dlv[e] = static_cast<scalar_t>(mixture_logvar_grad(p, sq, ws));
   }
 }
 
@@ -176,12 +190,13 @@ template <typename scalar_t, typename acc_t>
 Tables<acc_t> launch_tables(const at::Tensor& log_weights, const at::Tensor& means,
                             const at::Tensor& log_vars, at::Tensor& buf, cudaStream_t stream) {
   const int64_t C = means.size(0), d = means.size(1);
-  auto lw = log_weights.contiguous(), m = means.contiguous(), lv = log_vars.contiguous();
   acc_t* base = buf.data_ptr<acc_t>();
   Tables<acc_t> t{base, base + C * d, base + 2 * C * d};
+  const ParamStrides st{log_weights.stride(0), means.stride(0), means.stride(1), log_vars.stride(0),
+                        log_vars.stride(1)};
   mixture_tables_kernel<scalar_t, acc_t><<<grid_for(C), kThreads, 0, stream>>>(
-      lw.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(), lv.data_ptr<scalar_t>(), C, d,
-      base, base + C * d, base + 2 * C * d);
+      log_weights.data_ptr<scalar_t>(), means.data_ptr<scalar_t>(), log_vars.data_ptr<scalar_t>(), st,
+      C, d, base, base + C * d, base + 2 * C * d);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return t;
 }
@@ -215,46 +230,53 @@ std::tuple<at::Tensor, at::Tensor> mixture_log_prob_cuda(const at::Tensor& z_in,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_log_prob_backward_cuda(
     const at::Tensor& grad, const std::optional<at::Tensor>& grad_resp, const at::Tensor& z_in,
-    const at::Tensor& log_weights, const at::Tensor& means, const at::Tensor& log_vars) {
+    const at::Tensor& log_weights, const at::Tensor& means, const at::Tensor& log_vars,
+    std::array<bool, 4> needs) {
   check_mixture_log_prob_backward_args(grad, grad_resp, z_in, log_weights, means, log_vars);
   const int64_t N = z_in.size(0), d = z_in.size(1), C = log_weights.size(0);
+  const bool need_z = needs[0], need_params = needs[1] || needs[2] || needs[3];
   const c10::cuda::CUDAGuard guard(z_in.device());
-  at::Tensor dz = at::empty({N, d}, z_in.options());
-  at::Tensor dlw = at::zeros({C}, z_in.options());
-  at::Tensor dm = at::zeros({C, d}, z_in.options());
-  at::Tensor dlv = at::zeros({C, d}, z_in.options());
-  if (N == 0) return {dz, dlw, dm, dlv};
+  at::Tensor dz = need_z ? at::empty({N, d}, z_in.options()) : at::Tensor();
+  at::Tensor dlw = needs[1] ? at::zeros({C}, z_in.options()) : at::Tensor();
+  at::Tensor dm = needs[2] ? at::zeros({C, d}, z_in.options()) : at::Tensor();
+  at::Tensor dlv = needs[3] ? at::zeros({C, d}, z_in.options()) : at::Tensor();
+  if (N == 0 || !(need_z || need_params)) return {dz, dlw, dm, dlv};
   auto z = z_in.contiguous();
   const auto acc_opts = z_in.options().dtype(acc_dtype_of(z_in));
   auto g = grad.to(acc_opts).contiguous();
   at::Tensor G = grad_resp.has_value() ? grad_resp->to(acc_opts).contiguous() : at::Tensor();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t chunk_rows = std::max(kMinChunkRows, (N + kMaxChunks - 1) / kMaxChunks);
-  const int64_t chunks = (N + chunk_rows - 1) / chunk_rows;
+  const int64_t chunks = need_params ? (N + chunk_rows - 1) / chunk_rows : 0;
   XVAE_CUDA_DISPATCH_FLOATING(z.scalar_type(), "mixture_log_prob_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     at::Tensor buf = at::empty({C * (2 * d + 1)}, acc_opts);
     const Tables<acc_t> t = launch_tables<scalar_t, acc_t>(log_weights, means, log_vars, buf, stream);
-    // w (N, C), dz accumulators (N, d), partials (chunks, C, d) x 2 and (chunks, C).
-    at::Tensor ws = at::empty({N * C + N * d + chunks * C * (2 * d + 1)}, acc_opts);
+    // w (N, C); dz accumulators (N, d) only for dz; the partials (chunks, C, d) x 2 and (chunks, C)
+    // only for parameter gradients (chunks = 0 otherwise).
+    const int64_t dz_size = need_z ? N * d : 0;
+    at::Tensor ws = at::empty({N * C + dz_size + chunks * C * (2 * d + 1)}, acc_opts);
     acc_t* w = ws.data_ptr<acc_t>();
     acc_t* dz_acc = w + N * C;
-    acc_t* part_m = dz_acc + N * d;
+    acc_t* part_m = dz_acc + dz_size;
     acc_t* part_q = part_m + chunks * C * d;
     acc_t* part_w = part_q + chunks * C * d;
     mixture_rows_backward_kernel<scalar_t, acc_t>
         <<<grid_for(N, kRowThreads), kRowThreads, 0, stream>>>(
             g.data_ptr<acc_t>(), G.defined() ? G.data_ptr<acc_t>() : nullptr,
-            z.data_ptr<scalar_t>(), t, N, C, d, w, dz_acc, dz.data_ptr<scalar_t>());
+            z.data_ptr<scalar_t>(), t, N, C, d, w, dz_acc,
+            need_z ? dz.data_ptr<scalar_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!need_params) return;
     const int threads = static_cast<int>(std::min<int64_t>(kThreads, std::max<int64_t>(kWarp, (d + kWarp - 1) / kWarp * kWarp)));
     const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>(chunks));
     mixture_params_partial_kernel<scalar_t, acc_t><<<grid, threads, 0, stream>>>(
         w, z.data_ptr<scalar_t>(), t, N, C, d, chunk_rows, part_m, part_q, part_w);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     mixture_params_finish_kernel<scalar_t, acc_t><<<grid_for(C * d + C), kThreads, 0, stream>>>(
-        part_m, part_q, part_w, t, C, d, chunks, dm.data_ptr<scalar_t>(), dlv.data_ptr<scalar_t>(),
-        dlw.data_ptr<scalar_t>());
+        part_m, part_q, part_w, t, C, d, chunks, dm.defined() ? dm.data_ptr<scalar_t>() : nullptr,
+        dlv.defined() ? dlv.data_ptr<scalar_t>() : nullptr,
+        dlw.defined() ? dlw.data_ptr<scalar_t>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dz, dlw, dm, dlv};

@@ -3,7 +3,7 @@ the train/test bundle a `--dataset` spec names."""
 from __future__ import annotations
 
 from .base import DataBundle, DataInfo, SubsetData, TensorData, XDataset, describe, split_indices
-from .spec import DEFAULTS, DatasetSpec, check_image_size, parse_dataset_spec
+from .spec import DEFAULTS, TOY2D_KINDS, DatasetSpec, check_image_size, parse_dataset_spec
 
 
 def load_dataset(cfg) -> DataBundle:
@@ -16,6 +16,9 @@ def load_dataset(cfg) -> DataBundle:
     if spec.kind == "clusters":
         from .builtin import load_clusters
         return load_clusters(f, s, cfg.standardize, lim)
+    if spec.kind in TOY2D_KINDS:
+        from .toy2d import load_toy2d
+        return load_toy2d(spec.kind, f, s, cfg.standardize, lim)
     if spec.kind == "mnist":
         from .mnist import load_mnist
         return load_mnist(spec.path, f, s, cfg.download, lim)

@@ -17,6 +17,8 @@ def model_name(report: Dict[str, Any]) -> str:
         return "ex-post reference (stage-1 AE + fitted prior)"
     if model == "stage1":
         return "twostage, stage-1-only sampling (z ~ N(0, I))"
+    if model == "normal":
+        return "avae, prior sampling (z ~ N(0, I))"
     return str(model) if not plan or plan in (model, "standard") else f"{model} ({plan})"
 
 
@@ -55,6 +57,12 @@ def _columns(report: Dict[str, Any]):
     if "modes" in m:
         cols.append(("in modes↑", lambda: f"{m['modes']['within_3std']:.3f}"))
         cols.append(("per-mode shares", lambda: "/".join(f"{v:.2f}" for v in m["modes"]["shares"])))
+    if "toy2d" in m:   # the 2-D benchmark (evaluation/histogram.py)
+        cols += [("hist KL↓", lambda: _num(m["toy2d"]["hist_kl"])),
+                 ("JSD (S-IntroVAE)↓", lambda: _num(m["toy2d"]["jsd_sintro"])),
+                 ("JSD↓", lambda: _num(m["toy2d"]["jsd"]))]
+        if "modes_covered" in m["toy2d"]:
+            cols.append(("modes covered↑", lambda: f"{m['toy2d']['modes_covered']}/{m['toy2d']['n_modes']}"))
     return cols
 
 
@@ -84,6 +92,11 @@ def markdown(report: Dict[str, Any]) -> str:
     for key, label in LABELS.items():
         if key in m:
             lines.append(f"- {label}: {m[key]['description']}.")
+    if "toy2d" in m:
+        t = m["toy2d"]
+        lines.append(f"- hist KL / JSD: {t['description']} ({t['n_fake']} samples, {t['n_real']} real "
+                     f"points, window [-{2 * t['range']:g}, {2 * t['range']:g}]^2; "
+                     f"{t['fake_in_window']:.3f} of the samples inside it).")
     for name, net in report.get("feature_nets", {}).items():
         if name in ("lenet", "mlp"):
             lines.append(f"- Feature classifier ({name}): test accuracy {net['test_accuracy']:.4f}, "

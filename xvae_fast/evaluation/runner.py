@@ -26,6 +26,7 @@ DEFAULT_METRICS = ("rec", "fd", "pr")
 ALIASES = {"all": METRICS, "default": DEFAULT_METRICS, "offline": DEFAULT_METRICS,
            "inception": ("fid", "is")}
 RECON_SEED_OFFSET, REAL_RECON_SEED_OFFSET, SAMPLE_SEED_OFFSET, INTERP_SEED_OFFSET = 11, 12, 13, 14
+HIST_SEED_OFFSET = 15   # the 2-D benchmark's 5,000 samples (histogram.N_POINTS, whatever --n-fake)
 N_SCATTER = 600     # points per alpha in the scatter plots of vector data
 EVAL_CHUNK = 2048   # generated samples held at a time (their features are kept, not the samples)
 
@@ -127,9 +128,11 @@ def _uses_routing(vae) -> bool:
 
 
 # vae: the trained model; expost: X-VAE's ex-post reference; stage1: the Two-Stage VAE's stage-1-only
-# sampling (z ~ N(0, I) decoded by stage 1), the reference its second stage must beat
-MODELS = ("vae", "expost", "stage1")
-REFERENCE_PLANS = {"expost": "stage-1 AE + fitted prior", "stage1": "two-stage VAE, stage-1 decoder on N(0, I)"}
+# sampling (z ~ N(0, I) decoded by stage 1), the reference its second stage must beat; normal: the
+# AVAE's decoder on N(0, I) instead of its predicted aggregate posterior N(0, (1 - h^2) I)
+MODELS = ("vae", "expost", "stage1", "normal")
+REFERENCE_PLANS = {"expost": "stage-1 AE + fitted prior", "stage1": "two-stage VAE, stage-1 decoder on N(0, I)",
+                   "normal": "AVAE decoder on N(0, I)"}
 
 
 def generate_chunks(vae, n: int, alpha: float, routing: str, seed: int, batch: int, device,
@@ -485,6 +488,17 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
             if per_alpha[a]:
                 log(f"alpha {a:g}: " + ", ".join(_fmt(k, v) for k, v in per_alpha[a].items()))
         timings["samples"] = time.time() - t
+        if "toy2d" in info.extra:   # the 2-D benchmark: paper 001's histogram KL / JSD, mode coverage
+            from .histogram import DESCRIPTION, N_POINTS, toy2d_metrics
+            t = time.time()
+            xs = generate(vae, N_POINTS, headline, proto.routing, proto.seed + HIST_SEED_OFFSET,
+                          proto.gen_batch_size, dev, proto.decoder_noise)
+            results["toy2d"] = dict(toy2d_metrics(info.to_data_space(xs).numpy(), info.extra["toy2d"]),
+                                    alpha=headline, routing=proto.routing,
+                                    decoder_noise=proto.decoder_noise, description=DESCRIPTION)
+            timings["toy2d"] = time.time() - t
+            log("histogram metrics ({} samples, alpha {:g}): ".format(N_POINTS, headline)
+                + ", ".join(_fmt(k, results["toy2d"][k]) for k in ("hist_kl", "jsd_sintro", "jsd")))
 
     # -- assemble ----------------------------------------------------------------------------
     pdict = proto.to_dict()

@@ -20,6 +20,8 @@ from .mog import MoGPriorVAE
 from .gmvae import GMVAE, gumbel_temperature
 from .twostage import TwoStageVAE
 from .uae import UnscentedAE
+from .avae import AVAE
+from .introprior import IntroPriorVAE
 
 
 def build_models(cfg, info, ops=None):
@@ -31,4 +33,5 @@ def build_models(cfg, info, ops=None):
 __all__ = ["Autoencoder", "VAE", "BaselineVAE", "VampPriorVAE", "HierarchicalVAE", "MoGPriorVAE",
            "GMVAE", "ExPostModel", "Likelihood", "LIKELIHOODS", "build_likelihood", "build_models",
            "build_body", "build_decoder", "get_ops", "gumbel_temperature", "ops_name", "RECIPES",
-           "ModelRecipe", "Stage", "TensorRows", "build_recipe", "get_recipe", "register", "XVAERecipe", "UnscentedAE", "TwoStageVAE"]
+           "ModelRecipe", "Stage", "TensorRows", "build_recipe", "get_recipe", "register", "XVAERecipe", "UnscentedAE", "TwoStageVAE",
+           "IntroPriorVAE", "AVAE"]

@@ -136,7 +136,9 @@ class GMVAERecipe(SizedPriorRecipe):
     title = "GM-VAE (Gumbel-Softmax)"
     options = ("gmvae_clusters", "gumbel_tau_start", "gumbel_tau_end", "gumbel_anneal", "gumbel_anneal_steps")
     size_option = "gmvae_clusters"
-    SIZES = {"digits": 10, "clusters": 3, "mnist": 10, "celeba": 10, "images": 10, "npy": 10}
+    # the 2-D benchmark: 8 (the modes of 8gaussians, the squares of checkerboard)
+    SIZES = {"digits": 10, "clusters": 3, "mnist": 10, "celeba": 10, "images": 10, "npy": 10,
+             "8gaussians": 8, "2spirals": 8, "checkerboard": 8, "rings": 8}
 
     @classmethod
     def resolve_more(cls, cfg, kind):

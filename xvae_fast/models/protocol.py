@@ -15,6 +15,11 @@ builds it from the resolved config and the data, then drives it stage by stage:
 - `fit(stage, trainer)`: a fit stage's work; `trainer.encode(fn, split)` maps a function over a split.
 - `state()` / `load_state(ck, path)`: the extra checkpoint entries (a fitted prior, frozen codes...).
 - `summary()`: extra entries for summary.json.
+- epoch and step hooks (`begin_epoch`, `before_step`, `end_epoch`): work a stage does around its
+  epochs and steps (AVAE redraws its KDE subset per epoch and re-encodes the centres every k_b steps);
+- `train_updates(stage, batch)`: a step made of several updates, each by its own optimizer of an
+  `OptimizerSet` (S-IntroVAE's encoder, then decoder-and-prior update); `make_scheduler` gives such a
+  stage its own schedulers.
 - class attributes: `name`, `title`, `options` (the TrainConfig keys the model owns; resolve() clears
   them for other models), `resolve_options(cfg, kind)` (fill and validate them).
 Random draws inside `loss` come from the global torch RNG, which the trainer seeds and checkpoints,
@@ -23,7 +28,7 @@ so a resumed run continues exactly.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Dict, Iterable, List, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -44,6 +49,16 @@ class Stage:
     def __post_init__(self):
         if self.kind not in STAGE_KINDS:
             raise ValueError(f"stage kind must be one of {STAGE_KINDS}, got {self.kind!r}")
+
+
+@dataclasses.dataclass
+class Update:
+    """One update of a multi-update training step (`ModelRecipe.train_updates`): the trainer checks
+    `terms` are finite, backpropagates `loss` and steps the members `optimizers` of the stage's
+    OptimizerSet. `terms` are the values logged for the step (merged over its updates)."""
+    optimizers: Tuple[str, ...]
+    loss: torch.Tensor
+    terms: Dict[str, torch.Tensor]
 
 
 class TensorRows:
@@ -78,6 +93,9 @@ class ModelRecipe:
     reference_samplers: ClassVar[Tuple[str, ...]] = ()        # evaluated beside the model by default
     # per dataset kind, defaults that replace the dataset's own (latent, epochs_vae, ...) for this model
     dataset_defaults: ClassVar[Dict[str, Dict[str, Any]]] = {}
+    # under torchrun: False where a step cannot be split over ranks row-exactly (the reason is shown)
+    supports_distributed: ClassVar[bool] = True
+    distributed_reason: ClassVar[str] = ""
 
     def __init__(self, cfg, info, ops=None):
         self.cfg, self.info, self.ops = cfg, info, ops
@@ -135,8 +153,35 @@ class ModelRecipe:
     def make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.stage_parameters(stage), lr=self.cfg.lr)
 
+    def make_scheduler(self, stage: Stage, optimizer, steps_per_epoch: int):
+        """The stage's learning-rate scheduler (stepped once per training step), or None to use the
+        trainer's `--lr-schedule`."""
+        return None
+
+    def train_updates(self, stage: Stage, batch: torch.Tensor) -> Optional[Iterator[Update]]:
+        """None: a step is one update of `loss(stage, batch)["loss"]` by the stage's optimizer.
+        Otherwise an iterator of `Update`s, run in order: each is backpropagated and its optimizer
+        stepped before the iterator resumes (so a later update sees the earlier one's parameters)."""
+        return None
+
+    # -- epoch and step hooks (training only; a resumed run calls begin_epoch again for its epoch) ---
+    def begin_epoch(self, stage: Stage, epoch: int, trainer) -> None:
+        """Before an epoch's batch order is drawn (`epoch` counts from 0 within the stage). Must be
+        repeatable: a run resumed inside the epoch calls it again and must get the same data."""
+
+    def before_step(self, stage: Stage, step: int, trainer) -> None:
+        """Before each training step (`step`: the global optimizer steps taken so far)."""
+
+    def end_epoch(self, stage: Stage, epoch: int, trainer) -> None:
+        """After an epoch's last step, before its metrics are logged and its checkpoint written."""
+
     def stage_data(self, stage: Stage, split: str, data):
         return data.train if split == "train" else data.test
+
+    def train_rows(self, stage: Stage, data) -> int:
+        """Rows a train stage iterates per epoch, known before it runs (for its schedules): the
+        training set's size by default."""
+        return len(data.train)
 
     def loss(self, stage: Stage, batch: torch.Tensor) -> Dict[str, torch.Tensor]:
         return self.stage_module(stage).loss(batch)

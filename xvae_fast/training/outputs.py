@@ -1,7 +1,8 @@
 """What a finished run writes next to its checkpoint: loss curves, reconstructions, samples (the run's
 --routing in samples.png; a mixture X-VAE also gets the other routing, and the ex-post reference, the
-stage-1 autoencoder decoding per-row prior samples), an alpha sweep, the raw samples, and for the
-synthetic clusters the fraction of samples that land within 3 standard deviations of a mode."""
+stage-1 autoencoder decoding per-row prior samples), an alpha sweep, the raw samples, for the
+synthetic clusters the fraction of samples that land within 3 standard deviations of a mode, and for
+the 2-D benchmark (data/toy2d.py) paper 001's histogram KL / JSD and the 8gaussians mode coverage."""
 from __future__ import annotations
 
 import os
@@ -144,6 +145,12 @@ def write_outputs(tr) -> Dict[str, Any]:
                 "n_samples": int(samples[primary].shape[0]), "routing": primary,
                 "within_3std_samples_decoder_noise": mode_fraction(noisy, c, s),
             }
+        if "toy2d" in info.extra:   # the 2-D benchmark: paper 001's histogram metrics of 5,000 samples
+            from ..evaluation.histogram import DESCRIPTION, N_POINTS, toy2d_metrics
+            g = _generator(dev, seed + 4)
+            xs = info.to_data_space(vae.generate(N_POINTS, cfg.alpha, primary, generator=g)).numpy()
+            result["toy2d"] = dict(toy2d_metrics(xs, info.extra["toy2d"]), alpha=cfg.alpha,
+                                   routing=primary, description=DESCRIPTION)
     files["reconstructions"] = "reconstructions.png"
     files["alpha_sweep"] = "alpha_sweep.png"
     vae.train()

@@ -197,6 +197,9 @@ class Trainer:
         CUDA (its batch statistics then span the global batch, as in one process)."""
         if not self.world.distributed:
             return
+        if not self.recipe.supports_distributed:
+            raise ConfigError(f"--model {self.cfg.model} does not train under torchrun yet: "
+                              f"{self.recipe.distributed_reason}; run it in one process")
         n, bs, size = len(self.data.train), self.cfg.batch_size, self.world.size
         smallest = min(bs, n % bs or bs)
         if smallest < size:
@@ -309,10 +312,19 @@ class Trainer:
     def _steps_per_epoch(self) -> int:
         return max(1, math.ceil(len(self.data.train) / self.cfg.batch_size))
 
+    def _stage_steps_per_epoch(self, stage: Stage) -> int:
+        """Steps per epoch of a train stage: its own data's size (AVAE trains on the training set less
+        its KDE subset), in global batches."""
+        n = self.recipe.train_rows(stage, self.data)
+        return max(1, math.ceil(n / self.cfg.batch_size))
+
     def _make_scheduler(self, stage: Stage):
+        own = self.recipe.make_scheduler(stage, self.opt[stage.name], self._stage_steps_per_epoch(stage))
+        if own is not None:
+            return own
         if self.cfg.lr_schedule == "none":
             return None
-        total = max(1, stage.epochs * self._steps_per_epoch())
+        total = max(1, stage.epochs * self._stage_steps_per_epoch(stage))
         return torch.optim.lr_scheduler.CosineAnnealingLR(self.opt[stage.name], T_max=total)
 
     # -- services for the recipes -------------------------------------------------------------------
@@ -479,6 +491,9 @@ class Trainer:
                     shard: Optional[sharding.Shard] = None) -> Dict[str, float]:
         opt = self.opt[stage.name]
         self.recipe.set_step(self.step)
+        updates = self.recipe.train_updates(stage, x) if shard is None else None
+        if updates is not None:
+            return self._train_updates(stage, updates)
         with self._autocast():
             if shard is None:
                 terms = self._loss(stage, x)
@@ -501,14 +516,51 @@ class Trainer:
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         opt.step()
+        self._after_step(stage, values)
+        return values
+
+    def _after_step(self, stage: Stage, values: Dict[str, float]) -> None:
+        """The scheduler step, then the check that no weight of the stage became NaN/inf."""
         sched = self.sched[stage.name]
         if sched is not None:
             sched.step()
+        params = [p for g in self.opt[stage.name].param_groups for p in g["params"]]
         if not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
             module = self.recipe.stage_module(stage)
             bad = next((n for n, p in module.named_parameters() if not torch.isfinite(p).all()), "?")
             raise self._nonfinite(stage, values, f"weights after the update ({bad})")
-        return values
+
+    def _train_updates(self, stage: Stage, updates) -> Dict[str, float]:
+        """A step made of several updates (models/protocol.py `Update`): each one's terms are checked
+        finite, its loss backpropagated and its optimizer (a member of the stage's OptimizerSet)
+        stepped, before the recipe computes the next one."""
+        opts = self.opt[stage.name]
+        values: Dict[str, float] = {}
+        try:
+            for upd in updates:
+                part = {k: float(v.detach().float()) for k, v in upd.terms.items()}
+                values.update(part)
+                what = " and ".join(upd.optimizers)
+                if not all(math.isfinite(v) for v in part.values()):
+                    raise self._nonfinite(stage, values, f"loss of the {what} update")
+                chosen = [opts[k] for k in upd.optimizers]
+                for o in chosen:
+                    o.zero_grad(set_to_none=True)
+                upd.loss.backward()
+                if self.cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_([p for o in chosen for g in o.param_groups
+                                                    for p in g["params"]], self.cfg.grad_clip)
+                for o in chosen:
+                    o.step()
+        finally:
+            close = getattr(updates, "close", None)
+            if close is not None:      # a generator's own clean-up (restoring requires_grad) runs now
+                close()
+        missing = [k for k in stage.terms if k not in values]
+        if missing:
+            raise RuntimeError(f"the {stage.label} step's updates did not give the terms {missing}")
+        self._after_step(stage, values)
+        return {k: values[k] for k in stage.terms}
 
     @torch.no_grad()
     def evaluate(self, stage, split: str = "test") -> Dict[str, float]:
@@ -543,12 +595,14 @@ class Trainer:
         cfg = self.cfg
         module = self.recipe.stage_module(stage)
         epochs, names = stage.epochs, stage.terms
-        ds = self.recipe.stage_data(stage, "train", self.data)
-        n, nb = len(ds), self._steps_per_epoch()
         module.train()
         dist = self.world.distributed
         while self.epoch < epochs:
             t0 = time.time()
+            self.recipe.begin_epoch(stage, self.epoch, self)
+            ds = self.recipe.stage_data(stage, "train", self.data)
+            n = len(ds)
+            nb = max(1, math.ceil(n / cfg.batch_size))
             self.epoch_shuffle_state = self.shuffle.get_state()
             order = torch.randperm(n, generator=self.shuffle)
             if self.batch == 0:
@@ -561,6 +615,7 @@ class Trainer:
             try:
                 for x, shard in self._train_batches(ds, order, self.batch, nb):
                     x = x.to(self.device, non_blocking=True)
+                    self.recipe.before_step(stage, self.step, self)
                     values = self._train_step(stage, x, shard if dist else None)
                     b = shard.total
                     for k in names:
@@ -586,6 +641,7 @@ class Trainer:
     def _end_epoch(self, stage: Stage, seconds: float) -> None:
         cfg = self.cfg
         epochs, names = stage.epochs, stage.terms
+        self.recipe.end_epoch(stage, self.epoch, self)
         cnt = max(self.running.get("n", 0.0), 1.0)
         record: Dict[str, Any] = {"stage": stage.name, "epoch": self.epoch + 1, "step": self.step,
                                   "lr": self.opt[stage.name].param_groups[0]["lr"]}
