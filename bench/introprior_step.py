@@ -23,6 +23,7 @@ import xvae_fast as xf
 from xvae_fast import reference as R
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report import chosen_setups  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
 
 SETUPS = {  # name: (label, kind, shape, latent, hidden, batch, components)
@@ -77,10 +78,7 @@ def main():
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    names = [s.strip() for s in a.setups.split(",") if s.strip()]
-    bad = [s for s in names if s not in SETUPS]
-    if bad:
-        ap.error(f"unknown setup(s) {bad}; choose from {', '.join(SETUPS)}")
+    names = chosen_setups(ap, a.setups, SETUPS)
     print(f"S-IntroVAE game step (two updates, forward + backward + Adam), T = 100, CPU, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; medians of {a.repeats} rounds")
     print("| setup | step fused ms | step reference ms | step stand-in ms | mixture share fused | "

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import sys
@@ -35,6 +34,7 @@ import xvae_fast as xf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
+from report import write_report  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
 
 # AVAE's bandwidths for the paper's latent sizes (SPEC-related 2.2: h = h_opt / sqrt(1 + h_opt^2)).
@@ -219,15 +219,9 @@ def main(argv=None):
                   threads=torch.get_num_threads(),
                   command="python " + " ".join(sys.argv), load=load, compile_seconds=compile_seconds,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), rows=rows)
-    os.makedirs(a.out, exist_ok=True)
     # (a partial or single-thread run gets its own files, next to the full default-thread one)
-    stem = os.path.join(a.out, "kde-cpu" + (f"-t{a.threads}" if a.threads else "")
-                        + ("-" + "-".join(a.only) if a.only else ""))
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(to_markdown(report))
-    print(f"wrote {stem}.json and {stem}.md")
+    write_report(a.out, "kde-cpu" + (f"-t{a.threads}" if a.threads else "")
+                 + ("-" + "-".join(a.only) if a.only else ""), report, to_markdown)
 
 
 if __name__ == "__main__":

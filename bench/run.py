@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -40,6 +39,7 @@ from xvae_fast import reference as R
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402  (bench/peers.py: the lean plain-PyTorch formulations)
+from report import write_report  # noqa: E402
 
 FULL_B = (128, 1024, 8192, 65536)
 FULL_K = (3, 64, 256)
@@ -476,13 +476,8 @@ def main(argv=None):
     if args.dtypes is None:
         args.dtypes = ["float32"] if args.quick else ["float32", "bfloat16"]
     report = run(args)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{'quick' if args.quick else 'full'}-{torch.device(args.device).type}")
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(to_markdown(report))
-    print(f"wrote {stem}.json and {stem}.md")
+    write_report(args.out, f"{'quick' if args.quick else 'full'}-{torch.device(args.device).type}", report,
+                 to_markdown)
 
 
 if __name__ == "__main__":

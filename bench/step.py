@@ -23,6 +23,7 @@ import xvae_fast as xf
 from xvae_fast import reference as R
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report import chosen_setups  # noqa: E402
 from timing import interleaved_medians  # noqa: E402
 
 SETUPS = {  # name: (label, kind, per-example shape, K, batch)
@@ -111,10 +112,7 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    names = [s.strip() for s in a.setups.split(",") if s.strip()]
-    bad = [s for s in names if s not in SETUPS]
-    if bad:
-        ap.error(f"unknown setup(s) {bad}; choose from {', '.join(SETUPS)}")
+    names = chosen_setups(ap, a.setups, SETUPS)
     print(f"training step (forward + backward + Adam), default X-VAE, device {device}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; medians of {a.repeats} rounds")
     print("| setup | batch | eager fused ms | compiled fused ms | eager reference ms | compiled vs eager "

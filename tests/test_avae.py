@@ -396,10 +396,8 @@ def test_fixed_point_law_on_2d_data(tmp_path):
     assert float((ratio * s["sample_variance"]).min()) > float((ratio7 * 0.51).max())
 
 
-@pytest.mark.skipif(os.environ.get("XVAE_FAST_FULL_LAWS") != "1",
-                    reason="about a minute: set XVAE_FAST_FULL_LAWS=1 (the suite runs the short version)")
-def test_fixed_point_law_on_the_clusters_full(tmp_path):
-    """Full version on three separated modes (the clusters, 2-D): 3,600 steps. (8gaussians, whose
+def test_fixed_point_law_on_the_clusters(tmp_path):
+    """On three separated modes (the clusters, 2-D): 3,600 steps. (8gaussians, whose
     modes have a std of 0.014, stays at about 0.35 of the target after 8,000 steps: the encoder cannot
     stretch such tight modes over the latent space in that budget.)"""
     _, ratio, mean = _fixed_point_run(tmp_path, "cl", "clusters", 300)

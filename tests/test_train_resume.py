@@ -105,6 +105,23 @@ def test_atomic_save_leaves_the_old_file_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
 
 
+def test_atomic_open_text_mode_replaces_whole_or_not_at_all(tmp_path):
+    from xvae_fast.atomic_file import atomic_open
+    path = tmp_path / "sub" / "cache.json"                  # the folder is created
+    with atomic_open(str(path), "w", prefix=".cache-") as f:
+        f.write('{"a": 1}')
+    assert path.read_text(encoding="utf-8") == '{"a": 1}'
+    with pytest.raises(KeyError):
+        with atomic_open(str(path), "w", prefix=".cache-") as f:
+            f.write('{"a": 2, "tor')
+            raise KeyError("interrupted")
+    assert path.read_text(encoding="utf-8") == '{"a": 1}'  # the old file, untouched
+    assert os.listdir(tmp_path / "sub") == ["cache.json"]
+    with pytest.raises(ValueError, match="mode 'rb'"):
+        with atomic_open(str(path), "rb"):
+            pass
+
+
 def test_run_folder_has_no_temporary_files(reference_runs):
     run, _ = reference_runs["full"]
     assert not glob.glob(os.path.join(run, ".*tmp*")) and not glob.glob(os.path.join(run, "*.tmp*"))

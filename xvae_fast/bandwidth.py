@@ -30,11 +30,12 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+
+from .atomic_file import atomic_open
 
 VERSION = 1                 # bump when the estimator changes: older cache entries are then ignored
 TARGETS = 1024              # Sobol targets per trial (a power of two keeps the Sobol set balanced)
@@ -241,22 +242,11 @@ def _read_disk(path: str) -> Dict[str, Any]:
 def _write_disk(path: str, key: str, entry: Dict[str, Any]) -> bool:
     """Merge one entry into the cache file atomically (temporary file + rename); False on any error."""
     try:
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
         entries = _read_disk(path)
         entries[key] = entry
-        fd, tmp = tempfile.mkstemp(prefix=".bandwidth-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"format": "xvae_fast bandwidth cache", "version": VERSION, "entries": entries},
-                          f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_open(path, "w", prefix=".bandwidth-") as f:
+            json.dump({"format": "xvae_fast bandwidth cache", "version": VERSION, "entries": entries},
+                      f, indent=1, sort_keys=True)
         return True
     except (OSError, TypeError, ValueError):
         return False

@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from .atomic_file import atomic_open
 from .errors import ConfigError, XVAEError
 from .outpaths import check_out_file
 
@@ -101,24 +101,16 @@ def write_npy_stream(batches, n: int, shape, path: str) -> Tuple[int, ...]:
     """Write the batches to `path` as one (n, *shape) float32 .npy, batch by batch (bounded memory),
     through a temporary file renamed at the end (no half-written .npy on an error)."""
     full = (n,) + tuple(shape)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".samples-", suffix=".npy.part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.lib.format.write_array_header_1_0(
-                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
-                    "shape": full})
-            rows = 0
-            for x in batches:
-                f.write(np.ascontiguousarray(x.numpy(), dtype=np.float32).tobytes())
-                rows += x.shape[0]
+    with atomic_open(path, "wb", prefix=".samples-", suffix=".npy.part") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                "shape": full})
+        rows = 0
+        for x in batches:
+            f.write(np.ascontiguousarray(x.numpy(), dtype=np.float32).tobytes())
+            rows += x.shape[0]
         if rows != n:
             raise RuntimeError(f"wrote {rows} rows, expected {n}")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return full
 
 

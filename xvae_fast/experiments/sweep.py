@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -244,6 +244,30 @@ def _plot(records, rows, data: str, out: str) -> Optional[str]:
     return path
 
 
+def write_results(out: str, payload: Dict[str, Any], markdown: str) -> None:
+    """A runner's results.json (every record) and results.md (the tables) in `out`."""
+    from ..training.metrics import write_json
+    write_json(payload, os.path.join(out, "results.json"))
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(markdown)
+
+
+def run_report(out: str, body: Callable[[], str]) -> int:
+    """A runner's command-line tail: `body` trains what is missing and writes the results, returning
+    the tables it prints. Bad input exits 2; Ctrl-C exits 130 (the runs resume on the next call)."""
+    try:
+        md = body()
+    except XVAEError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
+    print(md)
+    print(f"wrote {os.path.join(out, 'results.md')} and results.json")
+    return 0
+
+
 def main_for(data: str, argv: Optional[List[str]] = None, doc: str = "") -> int:
     table = setups_for(data)
     p = argparse.ArgumentParser(prog=f"python -m xvae_fast.experiments.{data}", description=doc,
@@ -276,27 +300,17 @@ def main_for(data: str, argv: Optional[List[str]] = None, doc: str = "") -> int:
     if args.n_fake < 10 or (args.classifier_steps is not None and args.classifier_steps < 1):
         print("error: --n-fake must be >= 10 and --classifier-steps >= 1", file=sys.stderr)
         return 2
-    try:
+    def body() -> str:
         os.makedirs(args.out, exist_ok=True)
         records = run_sweep(data, args.out, seeds, setups, extra, args.overwrite, not args.quiet,
                             train=not args.report_only,
                             eval_settings=dict(n_fake=args.n_fake, classifier_steps=args.classifier_steps))
         rows = aggregate(records, setups)
         md = to_markdown(rows, data, table)
-        from ..training.metrics import write_json
-        write_json({"data": data, "seeds": seeds, "setups": {k: table[k] for k in setups},
-                    "extra": list(extra), "records": records, "rows": rows},
-                   os.path.join(args.out, "results.json"))
-        with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-            f.write(f"# {data}: stage-2 setups\n\n{md}")
+        write_results(args.out, {"data": data, "seeds": seeds, "setups": {k: table[k] for k in setups},
+                                 "extra": list(extra), "records": records, "rows": rows},
+                      f"# {data}: stage-2 setups\n\n{md}")
         if records:
             _plot(records, rows, data, args.out)
-    except XVAEError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
-    print(md)
-    print(f"wrote {os.path.join(args.out, 'results.md')} and results.json")
-    return 0
+        return md
+    return run_report(args.out, body)

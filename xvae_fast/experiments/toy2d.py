@@ -28,8 +28,8 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..data.spec import TOY2D_KINDS
-from ..errors import ConfigError, XVAEError
-from .sweep import _ms
+from ..errors import ConfigError
+from .sweep import _ms, run_report, write_results
 
 INTRO = ["--model", "introprior", "--lr", "2e-4"]
 # {key: (title, train flags)}: one line per model; the flags go to `python -m xvae_fast.train`.
@@ -292,7 +292,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--report-only", action="store_true", help="tabulate the runs already there")
     p.add_argument("--quiet", action="store_true")
     args, extra = p.parse_known_args(argv)
-    try:
+    def body() -> str:
         models = _choose(args.models, list(MODELS), "models")
         datasets = _choose(args.datasets, list(TOY2D_KINDS), "datasets")
         seeds = _int_list(args.seeds, "seeds")
@@ -323,24 +323,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         records = run_benchmark(args.out, datasets, models, seeds, steps, args.epochs, extra,
                                 args.overwrite, not args.report_only, not args.quiet, batch)
         md = to_markdown(records, datasets, models, seeds, schedule)
-        from ..training.metrics import write_json
-        write_json({"datasets": datasets, "models": {m: MODELS[m] for m in models}, "seeds": seeds,
-                    "steps_per_stage": steps, "epochs_per_stage": args.epochs, "batch_size": batch,
-                    "extra": list(extra), "records": records, "table": aggregate(records),
-                    "seconds": round(time.time() - t0, 1)},
-                   os.path.join(args.out, "results.json"))
-        with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-            f.write(md)
+        write_results(args.out, {"datasets": datasets, "models": {m: MODELS[m] for m in models},
+                                 "seeds": seeds, "steps_per_stage": steps, "epochs_per_stage": args.epochs,
+                                 "batch_size": batch, "extra": list(extra), "records": records,
+                                 "table": aggregate(records), "seconds": round(time.time() - t0, 1)}, md)
         plot_scatters(records, datasets, models, seeds, args.out)
-    except XVAEError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
-    print(md)
-    print(f"wrote {os.path.join(args.out, 'results.md')} and results.json")
-    return 0
+        return md
+    return run_report(args.out, body)
 
 
 if __name__ == "__main__":

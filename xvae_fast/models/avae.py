@@ -51,7 +51,7 @@ from .architectures import build_body, build_decoder
 from .baseline import check_routing, count
 from .likelihood import Likelihood, SquaredError
 from .ops import get_ops
-from .protocol import ModelRecipe, Stage, positive_int_option, register
+from .protocol import ModelRecipe, ReferenceSampler, Stage, positive_int_option, register
 
 LOG_2PI = math.log(2 * math.pi)
 LN10 = math.log(10.0)
@@ -232,24 +232,10 @@ class AVAE(nn.Module):
         """Schedules hook of the common interface (none)."""
 
 
-class NormalSampler(nn.Module):
+class NormalSampler(ReferenceSampler):
     """The AVAE's reference sampler: its decoder on N(0, I) instead of N(0, (1 - h^2) I) (the
-    "silent quality loss" of SPEC-related 2.6), with the interface `evaluate` uses."""
+    "silent quality loss" of SPEC-related 2.6)."""
     mode = "normal"
-
-    def __init__(self, model: AVAE):
-        super().__init__()
-        self.model = model
-
-    @property
-    def likelihood(self):
-        return self.model.likelihood
-
-    def forward(self, x, generator=None):
-        return self.model(x, generator)
-
-    def param_counts(self):
-        return self.model.param_counts()
 
     @torch.no_grad()
     def generate(self, n: int, alpha: float = 1.0, routing: Optional[str] = None, generator=None):

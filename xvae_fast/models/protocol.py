@@ -262,6 +262,29 @@ class ModelRecipe:
         return {}
 
 
+class ReferenceSampler(nn.Module):
+    """A model's other sampler that `evaluate` reports beside it (`reference_models()`): the same
+    network, reconstructions and likelihood, another `generate` (subclasses implement it)."""
+    mode = "reference"
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def likelihood(self):
+        return self.model.likelihood
+
+    def forward(self, x, generator=None):
+        return self.model(x, generator)
+
+    def param_counts(self):
+        return self.model.param_counts()
+
+    def generate(self, n: int, alpha: float = 1.0, routing: Optional[str] = None, generator=None):
+        raise NotImplementedError
+
+
 def prior_dict(prior) -> Dict[str, torch.Tensor]:
     return {"weights": prior.weights.cpu(), "means": prior.means.cpu(), "stds": prior.stds.cpu()}
 

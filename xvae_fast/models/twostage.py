@@ -49,7 +49,8 @@ from .architectures import build_body, build_decoder
 from .baseline import check_routing, count
 from .likelihood import LearnedGaussian, Likelihood
 from .ops import get_ops
-from .protocol import TERMS_VAE, ModelRecipe, Stage, TensorRows, choice_option, positive_int_option, register
+from .protocol import (TERMS_VAE, ModelRecipe, ReferenceSampler, Stage, TensorRows, choice_option,
+                       positive_int_option, register)
 from ..shard import randn_rows
 
 STAGE2_INPUTS = ("sampled", "mean")
@@ -403,21 +404,10 @@ def mmd_to_standard_normal(z: torch.Tensor, n_ref: Optional[int] = None, generat
 MMD_POINTS = 2000      # codes used for summary.json's MMD to N(0, I) (paper Table 4's direction)
 
 
-class Stage1Sampler(nn.Module):
+class Stage1Sampler(ReferenceSampler):
     """The Two-Stage VAE's reference: stage-1-only sampling, z ~ N(0, I) decoded by stage 1 (what the
-    second stage must beat). The interface `evaluate` uses."""
+    second stage must beat)."""
     mode = "stage1"
-
-    def __init__(self, model: "TwoStageVAE"):
-        super().__init__()
-        self.model = model
-
-    @property
-    def likelihood(self):
-        return self.model.likelihood
-
-    def forward(self, x, generator=None):
-        return self.model(x, generator)
 
     def param_counts(self):
         n = sum(p.numel() for p in self.model.stage_parameters("stage1") if p.requires_grad)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
+from ..atomic_file import atomic_open
 from ..errors import CheckpointError
 from ..progress import shorten
 
@@ -24,33 +24,10 @@ REQUIRED = ("format", "version", "config", "stage", "epoch", "batch", "step", "r
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to `path` atomically: the data goes to a temporary file in the same folder, is
-    flushed to disk, and replaces `path` in one rename. On any failure the temporary file is
-    removed and `path` is left as it was."""
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename durable too
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    """torch.save to `path` atomically and durably (`atomic_open`): on any failure `path` is left
+    as it was."""
+    with atomic_open(path, "wb", durable=True) as f:
+        torch.save(obj, f)
 
 
 # -- RNG states ------------------------------------------------------------------------------------
