@@ -116,3 +116,20 @@ def test_compare_evaluate_adds_table_2_with_the_expost_row(tmp_path):
     assert [r["fd_samples"] for r in again] == [r["fd_samples"] for r in rows]
     with pytest.raises(ConfigError, match="ex-post reference row"):
         run_comparison("clusters", 0, out, models=["vae", "expost"], quick=True, verbose=False)
+
+
+def test_compare_evaluate_on_a_2d_set_tabulates_the_histogram_metrics(tmp_path):
+    out = str(tmp_path / "cmp2d")
+    settings = EvalSettings(n_real=200, n_fake=200, classifier_steps=30)
+    with one_thread():
+        rows = run_comparison("8gaussians", 0, out, models=["vae"], quick=True, verbose=False,
+                              evaluate=settings, extra=["--limit", "1000"])
+    (r,) = rows
+    for k in ("hist_kl", "jsd_sintro", "jsd", "in_modes"):
+        assert math.isfinite(r[k]), k
+    assert 0 <= r["jsd"] <= math.log(2) + 1e-9 and 0 <= r["modes_covered"] <= 8
+    with open(os.path.join(out, "comparison.md")) as f:
+        md = f.read()
+    assert "| hist KL↓ | JSD (S-IntroVAE)↓ | JSD↓ | modes covered↑ | in modes↑ |" in md
+    csv_row = _rows(out)[0]
+    assert float(csv_row["hist_kl"]) == pytest.approx(r["hist_kl"]) and csv_row["modes_covered"] != ""

@@ -86,7 +86,8 @@ XVAE_KEYS = [e[0] for e in ENTRIES if e[1] == "xvae"]
 QUICK = ["--limit", "240", "--batch-size", "64", "--epochs-ae", "1", "--epochs-vae", "1", "--epochs-game", "1",
          "--em-n-init", "1", "--no-outputs"]
 EVAL_COLUMNS = ["rec", "fd_name", "fd_samples", "fd_recon", "fd_interp", "precision", "recall", "fid_samples",
-                "fid_recon", "is_mean", "is_std", "in_modes", "mode_shares"]
+                "fid_recon", "is_mean", "is_std", "in_modes", "mode_shares", "hist_kl", "jsd_sintro", "jsd",
+                "modes_covered"]
 CSV_COLUMNS = ["key", "model", "plan", "name", "status", "train_objective", "test_objective",
                "test_recon", "test_kl", "train_recon", "train_kl", "test_kl_cat", "test_kl_gauss",
                "likelihood", "units", "params_total", "params_prior", "stage1_params", "steps",
@@ -352,6 +353,10 @@ def _table2(rows: List[Dict[str, Any]]) -> str:
         cols.insert(3, (f"{label} interp↓", "fd_interp", min))
     if any(r.get("fid_samples") is not None for r in ev):
         cols += [("FID↓", "fid_samples", min), ("FID recon↓", "fid_recon", min), ("IS↑", "is_mean", max)]
+    if any(r.get("hist_kl") is not None for r in ev):      # the 2-D sets (docs/toy2d.md)
+        cols += [("hist KL↓", "hist_kl", min), ("JSD (S-IntroVAE)↓", "jsd_sintro", min), ("JSD↓", "jsd", min)]
+    if any(r.get("modes_covered") is not None for r in ev):
+        cols += [("modes covered↑", "modes_covered", max)]
     if any(r.get("in_modes") is not None for r in ev):
         cols += [("in modes↑", "in_modes", max)]
     best = {}

@@ -71,6 +71,7 @@ def write_outputs(tr) -> Dict[str, Any]:
         torch.manual_seed(seed)
         xv = vae(x)["xhat"].float()
         xa = ae(x)[0].float() if ae is not None else None
+    rec_label = "VAE" if xa is not None else cfg.model      # X-VAE: AE then VAE; others: the model
 
     samples, primary_model_space = {}, None
     for key in sample_sets:
@@ -87,7 +88,7 @@ def write_outputs(tr) -> Dict[str, Any]:
 
     if info.kind == "image":
         rows = [x.cpu(), xv.cpu().clamp(0, 1)]
-        labels = ["data", "VAE"]
+        labels = ["data", rec_label]
         if xa is not None:
             rows.insert(1, xa.cpu().clamp(0, 1))
             labels.insert(1, "AE")
@@ -109,7 +110,7 @@ def write_outputs(tr) -> Dict[str, Any]:
     else:
         data_np = info.to_data_space(x).numpy()
         sets = [data_np, info.to_data_space(xv).numpy()]
-        labels = ["data (test)", "VAE"]
+        labels = ["data (test)", rec_label]
         if xa is not None:
             sets.insert(1, info.to_data_space(xa).numpy())
             labels.insert(1, "AE")
