@@ -38,3 +38,23 @@ TOLS = {
     torch.float16: dict(rtol=5e-3, atol=5e-3),
     torch.bfloat16: dict(rtol=3e-2, atol=3e-2),
 }
+
+
+def _mnist_candidates():
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = os.environ.get("XVAE_FAST_MNIST")
+    return [p for p in (env, os.path.join(root, "..", "shared", "data", "mnist"), "/work/shared/data/mnist")
+            if p]
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """The real MNIST IDX files shared beside the project (never copied into it): $XVAE_FAST_MNIST,
+    ../shared/data/mnist or /work/shared/data/mnist. Missing data is a failure, not a skip."""
+    import os
+    for p in _mnist_candidates():
+        if os.path.isfile(os.path.join(p, "train-images-idx3-ubyte.gz")):
+            return os.path.abspath(p)
+    pytest.fail(f"the shared MNIST files are not found in any of {_mnist_candidates()}; set "
+                "XVAE_FAST_MNIST to the folder holding the four gzipped IDX files")

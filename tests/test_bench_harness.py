@@ -104,3 +104,24 @@ def test_kde_bench_writes_its_tables(tmp_path):
     assert all(r["all_ms"] > 0 and r["z_ms"] > 0 for r in rows)
     md = (tmp_path / "kde-cpu-skip.md").read_text()
     assert "| 12800 | 100 | 32 |" in md and "Command:" in md
+
+
+def test_paper_scale_bench_times_every_phase_on_a_slice(tmp_path, mnist_dir):
+    """bench/paper_scale.py on 1,280 MNIST images, 1 + 1 epochs: the phase table, the lean peer (the
+    same network: the parameter counts are checked inside), both EM fits, the ratios."""
+    bench = BENCH.parent / "paper_scale.py"
+    out = subprocess.run(
+        [sys.executable, str(bench), "--data", mnist_dir, "--epochs-ae", "1", "--epochs-vae", "1",
+         "--limit", "1280", "--threads", "1", "--step-repeats", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads((tmp_path / "paper-scale-cpu.json").read_text())
+    assert r["n_train"] == 1280 and r["epochs"] == [1, 1] and r["precision"] == "fp32"
+    assert all(v >= 0 for v in r["phases"].values()) and r["phases"]["stage-1 epochs (sum)"] > 0
+    assert abs(sum(r["phases"].values()) - r["wall_seconds"]) < 1e-6
+    assert r["lean_epoch_seconds"]["fp32"] > 0 and r["lean_step_ms"]["bf16"] > 0
+    em = r["em"]
+    assert em["backend"] == "torch" and em["torch_seconds"] > 0 and em["sklearn_seconds"] > 0
+    assert em["torch_log_likelihood"] >= em["sklearn_log_likelihood"] - 1.0
+    md = (tmp_path / "paper-scale-cpu.md").read_text()
+    assert "| prior fit (encode + EM) |" in md and "lean fp32 epoch / library stage-1 epoch" in md

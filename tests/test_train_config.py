@@ -68,8 +68,10 @@ def test_bad_config_files_and_options(tmp_path):
         parse_config(["--config", str(tmp_path / "none.yaml")])
     with pytest.raises(ConfigError, match="latent must be an integer >= 1"):
         resolve(TrainConfig(latent=0))
-    with pytest.raises(ConfigError, match="--amp"):
-        resolve(TrainConfig(amp="fp8"))
+    with pytest.raises(ConfigError, match="--precision"):
+        resolve(TrainConfig(precision="fp8"))
+    with pytest.raises(ConfigError, match="--precision"):      # the old name, read as the new one
+        resolve(TrainConfig.from_dict({"amp": "fp8"}))
 
 
 def test_unknown_configuration_lists_the_choices():
@@ -98,6 +100,7 @@ def test_help_is_complete():
     r = cli("xvae_fast.train", "--help")
     assert r.returncode == 0
     for flag in ("--dataset", "--model", "--plan", "--latent", "--epochs-ae", "--epochs-vae", "--batch-size",
-                 "--lr", "--seed", "--device", "--out", "--resume", "--config", "--amp", "--tensorboard",
+                 "--lr", "--seed", "--device", "--out", "--resume", "--config", "--precision",
+                 "--channels-last", "--image-output", "--em-backend", "--tensorboard",
                  "mnist:DIR", "celeba:DIR", "images:DIR", "npy:PATH", "split-1/3", "k1-pq-nq"):
         assert flag in r.stdout, flag

@@ -134,7 +134,8 @@ def test_bf16_autocast_run(stage1, tmp_path):
                  "--out", run) == 0
     s = summary(run)
     assert all(np.isfinite(s["test"][k]) for k in ("loss", "recon", "kl"))
-    assert load_ck(run)["config"]["amp"] == "bf16"
+    assert load_ck(run)["config"]["precision"] == "bf16"          # --amp is the old name
+    assert s["precision"] == "bf16"
 
 
 def test_runs_are_repeatable_with_a_seed(stage1, tmp_path):

@@ -32,7 +32,7 @@ def _assert_same_run(a, b):
                 assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["optimizers"][stage]["state"][pid][k]))
     for k in ("weights", "means", "stds"):
         assert torch.equal(a["prior"][k], b["prior"][k])
-    strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("time_s", "eval_s")} for r in h]  # noqa: E731
     assert strip(a["history"]) == strip(b["history"])
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     assert a["schedulers"] == b["schedulers"]

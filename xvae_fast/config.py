@@ -15,7 +15,7 @@ from .data.spec import DEFAULTS, TOY2D_KINDS, parse_dataset_spec
 from .errors import ConfigError
 from .plans import Plan
 from .functional import ROUTINGS
-from .models.likelihood import LIKELIHOODS
+from .models.likelihood import IMAGE_OUTPUTS, LIKELIHOODS
 from .models import RECIPES, get_recipe
 from .models.vae import KL_OBJECTIVES
 from .models.xvae import PLAN_NAMES, PRIOR_FITS  # noqa: F401  (re-exported for callers of the config)
@@ -28,6 +28,7 @@ MODELS = ("xvae",) + tuple(n for n in RECIPES if n != "xvae")
 BASELINES = ("vae", "vamp", "hierarchical", "mog", "gmvae")
 LEARNED_PRIOR_MODELS = tuple(n for n, r in RECIPES.items() if r.learned_prior)
 STAGE2_INITS = ("ae", "random")
+VECTOR_KINDS = ("clusters",) + TOY2D_KINDS      # data kinds that are vectors (npy may be either)
 METHOD_PRESETS = ("default", "paper")
 # The stage-2 method choices (SPEC Revision 2). `paper` is the paper read literally (Eq. 18, plan
 # `full`, a randomly initialised stage 2, Eq. 20's per-coordinate generation, squared error); `default`
@@ -45,13 +46,32 @@ DEFAULT_LIKELIHOOD = {"digits": "bernoulli", "mnist": "bernoulli", "celeba": "ga
 # What a run saved before these options existed used (the paper's readings): filled in when an older
 # checkpoint's config is read, so such runs still resume and sample.
 LEGACY_VALUES = dict(preset="paper", kl="paper", stage2_init="random", routing="per-coordinate",
-                     likelihood="mse", gamma_min=0.0)
-AMP = ("none", "bf16")
+                     likelihood="mse", gamma_min=0.0, precision="fp32", channels_last="off",
+                     em_backend="sklearn")
+# Renamed options: a config file or checkpoint written with the old name still reads.
+RENAMED = {"amp": ("precision", {"none": "fp32", "bf16": "bf16"})}
+PRECISIONS = ("fp32", "bf16", "auto")     # training/precision.py
+CHANNELS_LAST = ("auto", "on", "off")
 SCHEDULES = ("none", "cosine")
 
 # Keys that may differ between a checkpoint's config and the config given with --resume.
 RUNTIME_KEYS = ("device", "progress", "tensorboard", "num_workers", "stop_after", "checkpoint_every",
-                "resume", "config", "overwrite", "out", "threads", "compile", "auto_resume")
+                "resume", "config", "overwrite", "out", "threads", "compile", "auto_resume", "precision", "channels_last")
+
+
+def _renamed(d: Dict[str, Any]) -> Dict[str, Any]:
+    """`d` with options saved under an old name (RENAMED) given their new name and values; the new
+    name wins where both are present."""
+    out = {}
+    for key, value in d.items():
+        k = str(key).replace("-", "_")
+        if k in RENAMED:
+            new, values = RENAMED[k]
+            if new in d or new.replace("_", "-") in d:
+                continue
+            k, value = new, values.get(value, value)
+        out[k] = value
+    return out
 
 
 @dataclasses.dataclass
@@ -68,6 +88,7 @@ class TrainConfig:
     routing: Optional[str] = None            # xvae mixture plans: per-row | per-coordinate (generation)
     likelihood: Optional[str] = None         # every model: mse | bernoulli | gaussian
     gamma_min: float = 0.0                   # gaussian likelihood: floor of the learned variance
+    image_output: Optional[str] = None       # mse / gaussian on images: linear | sigmoid pixel mean
     # optimisation (paper Table 5: batch 128, Adam 1e-3, seed 42)
     epochs_ae: Optional[int] = None
     epochs_vae: Optional[int] = None
@@ -141,6 +162,7 @@ class TrainConfig:
     # prior fit (stage 1 -> 2)
     prior_fit: str = "auto"
     em_n_init: int = 3
+    em_backend: str = "torch"                # torch (prior_fit / em.py) | sklearn (the reference)
     em_max_iter: int = 200
     em_tol: float = 1e-3
     em_var_floor: float = 1e-4
@@ -148,7 +170,8 @@ class TrainConfig:
     stage1_from: Optional[str] = None
     # runtime
     device: str = "auto"
-    amp: str = "none"
+    precision: str = "fp32"                  # fp32 | bf16 | auto (runtime; training/precision.py)
+    channels_last: str = "auto"              # auto | on | off: NHWC conv weights (runtime)
     compile: bool = False                    # torch.compile the training step's loss (runtime only)
     threads: Optional[int] = None
     num_workers: int = 0
@@ -182,7 +205,7 @@ class TrainConfig:
             raise ConfigError(f"a config must be a mapping of option names to values, got {type(d).__name__}")
         names = set(cls.field_names())
         clean = {}
-        for key, value in d.items():
+        for key, value in _renamed(d).items():
             k = str(key).replace("-", "_")
             if k not in names:
                 raise ConfigError(f"unknown config option {key!r}; valid options: {', '.join(sorted(names))}")
@@ -194,7 +217,11 @@ class TrainConfig:
         """The config stored in a checkpoint; keys that older versions did not save get the values
         those versions used (LEGACY_VALUES)."""
         if isinstance(d, dict):
+            d = _renamed(d)
             d = {**{k: v for k, v in LEGACY_VALUES.items() if k not in d}, **d}
+            if "image_output" not in d and d.get("likelihood") in ("mse", "gaussian") \
+                    and parse_dataset_spec(d.get("dataset", "digits")).kind not in VECTOR_KINDS:
+                d["image_output"] = "sigmoid"     # what mse / gaussian image runs used before the option
         return cls.from_dict(d)
 
     def replace(self, **changes) -> "TrainConfig":
@@ -285,8 +312,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         _positive_int(cfg, "limit", 2)
     cfg = _resolve_method(cfg, spec.kind)
     cfg = _resolve_model_options(cfg, spec.kind)
-    if cfg.amp not in AMP:
-        raise ConfigError(f"--amp must be one of {AMP}, got {cfg.amp!r}")
+    _choice(cfg, "em_backend", ("torch", "sklearn"))
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.channels_last not in CHANNELS_LAST:
+        raise ConfigError(f"--channels-last must be one of {', '.join(CHANNELS_LAST)}, got "
+                          f"{cfg.channels_last!r}")
     if cfg.lr_schedule not in SCHEDULES:
         raise ConfigError(f"--lr-schedule must be one of {SCHEDULES}, got {cfg.lr_schedule!r}")
     for name in ("lr", "alpha"):
@@ -336,6 +367,7 @@ def _resolve_method(cfg: TrainConfig, kind: str) -> TrainConfig:
     if recipe is not None and recipe.likelihoods is not None and cfg.likelihood not in recipe.likelihoods:
         raise ConfigError(f"--model {cfg.model} uses --likelihood {' or '.join(recipe.likelihoods)} "
                           f"({recipe.likelihood_reason}), got --likelihood {cfg.likelihood}")
+    cfg = _resolve_image_output(cfg, kind)
     g = cfg.gamma_min
     if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g < float("inf"):
         raise ConfigError(f"--gamma-min must be a non-negative number, got {g!r}")
@@ -351,6 +383,27 @@ def _resolve_method(cfg: TrainConfig, kind: str) -> TrainConfig:
         _choice(cfg, "routing", ROUTINGS)
     return cfg.replace(kl=cfg.kl if mixture else None, routing=cfg.routing if mixture else None,
                        stage2_init=cfg.stage2_init if xvae else None)
+
+
+def _resolve_image_output(cfg: TrainConfig, kind: str) -> TrainConfig:
+    """`image_output` applies to the mse and gaussian likelihoods on images. X-VAE and the paper's
+    baselines take the linear mean under mse (a squared error through a sigmoid kills stage 1 for half
+    the seeds on MNIST; models/likelihood.py). The gaussian likelihood, and the related systems that
+    fix their own likelihood (uae, avae, introprior, twostage: their digits results were measured with
+    it), keep the sigmoid until they are measured with the linear mean (docs/choosing-defaults.md)."""
+    if cfg.image_output is not None:
+        _choice(cfg, "image_output", IMAGE_OUTPUTS)
+        if cfg.likelihood == "bernoulli":
+            raise ConfigError("--image-output sets the pixel mean of --likelihood mse or gaussian; "
+                              "bernoulli always maps its logits through a sigmoid")
+        if kind in VECTOR_KINDS:
+            raise ConfigError(f"--image-output applies to image data; {kind} is vector data, whose "
+                              "mean is the decoder's output")
+        return cfg
+    if cfg.likelihood == "bernoulli" or kind in VECTOR_KINDS:
+        return cfg
+    own = cfg.model in RECIPES and get_recipe(cfg.model).likelihoods is not None
+    return cfg.replace(image_output="linear" if cfg.likelihood == "mse" and not own else "sigmoid")
 
 
 def _resolve_model_options(cfg: TrainConfig, kind: str) -> TrainConfig:

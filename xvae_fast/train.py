@@ -10,7 +10,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from .config import MODELS, TrainConfig, load_config_file
-from .errors import NonFiniteLossError, TrainingInterrupted, XVAEError
+from .errors import ConfigError, NonFiniteLossError, TrainingInterrupted, XVAEError
 
 EPILOG = """\
 examples:
@@ -24,7 +24,7 @@ examples:
   python -m xvae_fast.train --model avae --batch-size 100 --lr 5e-4   # AVAE (docs/models.md)
   python -m xvae_fast.compare --data digits --out runs/compare-digits   # all baselines + X-VAE
   python -m xvae_fast.train --dataset mnist:data/mnist --download --plan split-1/3 --device cuda
-  python -m xvae_fast.train --dataset celeba:data/celeba --plan k1-pq-np --amp bf16 --device cuda
+  python -m xvae_fast.train --dataset celeba:data/celeba --plan k1-pq-np --precision bf16 --device cuda
   python -m xvae_fast.train --config my_run.yaml --seed 7     # flags override the file
   python -m xvae_fast.train --resume runs/clusters-full        # continue an interrupted run
   python -m xvae_fast.sample --run runs/clusters-full --n 500 --alpha 1.2 --out samples.png
@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "in [0, 1]), gaussian (learned scalar variance, Two-Stage VAE); default per dataset")
     g.add_argument("--gamma-min", type=float, metavar="G", help="gaussian likelihood: floor of the "
                    "learned variance gamma (default 0: none)")
+    g.add_argument("--image-output", choices=["linear", "sigmoid"], help="mse / gaussian likelihood on "
+                   "images: the pixel mean is the decoder's output (linear; the default for mse in X-VAE "
+                   "and the baselines: a squared error through a sigmoid stops training for some seeds) "
+                   "or its sigmoid (the default for gaussian and the related systems)")
     g = p.add_argument_group("baselines (docs/baselines.md)")
     g.add_argument("--pseudo-inputs", type=int, metavar="C", help="vamp: learned pseudo-inputs (default "
                    "per dataset: mnist 200, celeba/images 32 (paper Table 5), digits 50, clusters 10, "
@@ -231,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("prior fit")
     g.add_argument("--prior-fit", choices=["auto", "em", "single"], help="auto: single for --plan single, "
                    "else EM mixture")
+    g.add_argument("--em-backend", choices=["torch", "sklearn"], help="the EM of the mixture prior: "
+                   "torch (default: scikit-learn's algorithm in float64 on the run's device, the fused "
+                   "E-step; ~4x faster on MNIST) or scikit-learn's GaussianMixture (the reference)")
     g.add_argument("--em-n-init", type=int, metavar="N", help="EM restarts, best kept (default 3)")
     g.add_argument("--em-max-iter", type=int, metavar="N", help="EM iteration cap (default 200)")
     g.add_argument("--em-tol", type=float, help="EM convergence tolerance (default 1e-3)")
@@ -242,7 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "run (same data and latent size) and skip stage 1")
     g = p.add_argument_group("runtime and outputs")
     g.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    g.add_argument("--amp", choices=["none", "bf16"], help="mixed precision: bf16 autocast")
+    g.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="fp32 (default), bf16 (the "
+                   "networks under bfloat16 autocast; the fused ops, KL and likelihood sums stay float32) "
+                   "or auto (bf16 where the device has bfloat16 units: a GPU with bf16, a CPU with AMX or "
+                   "AVX512-BF16); a runtime option, recorded in summary.json")
+    g.add_argument("--amp", choices=["none", "bf16"], dest="amp_alias", help=argparse.SUPPRESS)
+    g.add_argument("--channels-last", choices=["auto", "on", "off"], help="conv weights and activations "
+                   "in NHWC order: auto (default) uses it on CPU and for bf16 on CUDA, where it measures "
+                   "faster (bench/paper_scale.py)")
     g.add_argument("--compile", action="store_true", help="torch.compile the training step's loss "
                    "(forward and backward; the fused ops are compile-safe): slower start, faster steps "
                    "on large nets (bench/step.py); a runtime option, so --resume may add or drop it")
@@ -281,6 +295,12 @@ def parse_config(argv: Optional[List[str]] = None):
     given: Dict[str, Any] = {}
     if "config" in args:
         given.update({str(k).replace("-", "_"): v for k, v in load_config_file(args["config"]).items()})
+    if "amp_alias" in args:     # --amp none|bf16: the old name of --precision fp32|bf16
+        amp = {"none": "fp32", "bf16": "bf16"}[args.pop("amp_alias")]
+        if args.get("precision", amp) != amp:
+            raise ConfigError(f"--amp is the old name of --precision: --amp gives {amp}, "
+                              f"--precision {args['precision']}; pass only --precision")
+        args["precision"] = amp
     given.update(args)
     cfg = TrainConfig.from_dict(given)
     return cfg, set(given) - {"config"}

@@ -14,8 +14,13 @@ entries, averaged over the batch):
   sum_p (x_p - f_p)^2 / (2 g^2) + D log g + (D/2) log(2 pi). Nats. An optional floor `gamma_min`
   keeps gamma >= gamma_min (the gradient of log g stops while it binds; `floor_binds()` tells).
 
-For `mse` and `gaussian` the mean is sigmoid(h) on images (pixels in [0, 1]) and h itself on vectors;
-for `bernoulli` it is always sigmoid(h). Generation decodes to the mean; `draw(mean)` adds the decoder
+For `mse` and `gaussian` on images the mean is h itself (`output="linear"`) or sigmoid(h)
+(`output="sigmoid"`, `--image-output`); on vectors it is h. For `bernoulli` it is always sigmoid(h).
+A squared error through a sigmoid has a vanishing gradient 2 (f - x) f (1 - f) once f saturates: on
+MNIST, Adam's first steps push every pixel towards black, the sigmoid saturates within ~10 steps and
+the autoencoder never trains again (10 of 20 seeds at the paper's setup, seed 42 among them;
+docs/choosing-defaults.md). The linear mean, the Gaussian likelihood that a summed squared error
+stands for, has the gradient 2 (h - x), which never vanishes, so `mse` uses it by default. Generation decodes to the mean; `draw(mean)` adds the decoder
 noise (x ~ p(x | z): Bernoulli draws, or the Gaussian's noise, variance gamma, or 1/2 for `mse`), which
 matters where the model explains spread by that noise (the clusters, docs/choosing-defaults.md).
 """
@@ -29,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 LIKELIHOODS = ("mse", "bernoulli", "gaussian")
+IMAGE_OUTPUTS = ("linear", "sigmoid")
 UNITS = {"mse": "squared error (sum over an example's entries)",
          "bernoulli": "nats (binary cross-entropy summed over an example's entries)",
          "gaussian": "nats (Gaussian negative log-likelihood with the learned variance)"}
@@ -38,16 +44,19 @@ LOG_2PI = math.log(2 * math.pi)
 class Likelihood(nn.Module):
     name = "base"
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, output: str = "sigmoid"):
         super().__init__()
+        if output not in IMAGE_OUTPUTS:
+            raise ValueError(f"output must be one of {IMAGE_OUTPUTS}, got {output!r}")
         self.kind = kind  # 'image' or 'vector'
+        self.output = output  # images: how the raw output becomes the pixel mean
 
     @property
     def units(self) -> str:
         return UNITS[self.name]
 
     def mean(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(h) if self.kind == "image" else h
+        return torch.sigmoid(h) if self.kind == "image" and self.output == "sigmoid" else h
 
     def nll_rows(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-example negative log-likelihood (B,), float32 (or float64 for float64 data)."""
@@ -104,8 +113,8 @@ class Bernoulli(Likelihood):
 class LearnedGaussian(Likelihood):
     name = "gaussian"
 
-    def __init__(self, kind: str, gamma_min: float = 0.0):
-        super().__init__(kind)
+    def __init__(self, kind: str, gamma_min: float = 0.0, output: str = "sigmoid"):
+        super().__init__(kind, output)
         self.log_gamma_std = nn.Parameter(torch.zeros(()))
         self.gamma_min = float(gamma_min)
 
@@ -137,13 +146,15 @@ class LearnedGaussian(Likelihood):
         return {"gamma": self.gamma, "gamma_floor_binds": float(self.floor_binds())}
 
 
-def build_likelihood(name: str, kind: str, gamma_min: float = 0.0) -> Likelihood:
+def build_likelihood(name: str, kind: str, gamma_min: float = 0.0, output: Optional[str] = None) -> Likelihood:
+    """The likelihood `name` for data of `kind`; `output` (images, mse / gaussian): 'linear' or
+    'sigmoid' mean (None: sigmoid, what runs saved before the option used)."""
     if name == "mse":
-        return SquaredError(kind)
+        return SquaredError(kind, output or "sigmoid")
     if name == "bernoulli":
         return Bernoulli(kind)
     if name == "gaussian":
-        return LearnedGaussian(kind, gamma_min)
+        return LearnedGaussian(kind, gamma_min, output or "sigmoid")
     raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {name!r}")
 
 

@@ -114,7 +114,8 @@ class ModelRecipe:
 
     def likelihood(self):
         from .likelihood import build_likelihood
-        return build_likelihood(self.cfg.likelihood or "mse", self.info.kind, self.cfg.gamma_min or 0.0)
+        return build_likelihood(self.cfg.likelihood or "mse", self.info.kind, self.cfg.gamma_min or 0.0,
+                                self.cfg.image_output)
 
     @property
     def hidden(self):

@@ -89,9 +89,11 @@ class XVAERecipe(ModelRecipe):
         if cfg.plan == "single":
             fit = fit_single(z, cfg.em_var_floor)
         else:
-            fit = fit_mixture(z, cfg.latent, seed=cfg.seed, n_init=cfg.em_n_init,
-                              max_iter=cfg.em_max_iter, tol=cfg.em_tol, var_floor=cfg.em_var_floor,
-                              weight_floor=cfg.em_weight_floor)
+            # the torch EM runs where the run does (the codes come back on the CPU)
+            fit = fit_mixture(z.to(trainer.device) if cfg.em_backend == "torch" else z, cfg.latent,
+                              seed=cfg.seed, n_init=cfg.em_n_init, max_iter=cfg.em_max_iter,
+                              tol=cfg.em_tol, var_floor=cfg.em_var_floor,
+                              weight_floor=cfg.em_weight_floor, backend=cfg.em_backend)
         fit.report["seconds"] = round(time.time() - t0, 3)
         try:
             vae.set_prior(fit.prior)

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 
 COLUMNS = ["stage", "epoch", "step", "lr", "train_loss", "train_recon", "train_kl", "train_kl_cat",
            "train_kl_gauss", "test_loss", "test_recon", "test_kl", "test_kl_cat", "test_kl_gauss",
-           "gamma", "gamma_floor_binds", "time_s"]
+           "gamma", "gamma_floor_binds", "time_s", "eval_s"]
 
 
 def write_json(obj, path: str) -> None:

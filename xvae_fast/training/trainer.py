@@ -43,6 +43,7 @@ from .. import shard as sharding
 from . import checkpoint as ckpt
 from .distributed import World, main_decides
 from .metrics import TensorBoardLogger, table_row, write_json, write_metrics
+from .precision import autocast, native_bf16, resolve_channels_last, resolve_precision, to_channels_last
 
 EVAL_SEED_OFFSET = 1_000_003
 
@@ -138,8 +139,12 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = pick_device(self.world.device_name(cfg.device))
-        if cfg.amp == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("--amp bf16 needs a GPU with bfloat16 support")
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if self.precision == "bf16" and not native_bf16(self.device):
+            if self.device.type == "cuda":
+                raise ConfigError(f"--precision bf16: the GPU {torch.cuda.get_device_name(self.device)} "
+                                  "has no bfloat16 support; use --precision fp32")
+            self._bf16_warning = True
         self.tb = TensorBoardLogger(self.run_dir) if cfg.tensorboard and self.world.is_main else None
         self.ops = get_ops(device=self.device)
         seed_everything(cfg.seed)
@@ -147,6 +152,10 @@ class Trainer:
         self.info: DataInfo = self.data.info
         self._check_likelihood_data()
         self.recipe = build_recipe(cfg, self.info, self.ops).to(self.device)
+        modules = [m for m in self.recipe.modules.values() if m is not None]
+        self.channels_last = resolve_channels_last(cfg.channels_last, self.device, self.precision, modules)
+        if self.channels_last:
+            to_channels_last(modules)
         self._check_world()
         self.recipe.set_total_steps(self._steps_per_epoch())  # schedules over the training
         self.stages: List[Stage] = self.recipe.stages()
@@ -180,11 +189,22 @@ class Trainer:
         ranks = (f" x {self.world.size} ranks (global batch {cfg.batch_size})"
                  if self.world.distributed else "")
         self.log(f"data {describe(self.data)}; model {self.model_name}; ops {ops_name(self.ops)}; "
-                 f"device {self.device}{ranks}")
+                 f"device {self.device}{ranks}; {self.numerics}")
+        if getattr(self, "_bf16_warning", False):
+            self.log("warning: --precision bf16 on a CPU without bfloat16 units (no AMX or AVX512-BF16): "
+                     "oneDNN emulates it, and a step runs many times slower than fp32 "
+                     "(bench/paper_scale.py); --precision auto picks what the hardware does natively")
         if self.untrained_stages:
             self.log(f"warning: {', '.join(self.untrained_stages)} ha{'s' if len(self.untrained_stages) == 1 else 've'} "
                      "0 epochs: the model it trains stays at its initialisation, and the run is "
                      "reported as untrained (summary.json 'untrained_stages')")
+
+    @property
+    def numerics(self) -> str:
+        """The resolved precision and layout, as logged and recorded in summary.json."""
+        return (f"precision {self.precision}" + (f" (--precision {self.cfg.precision})"
+                                                 if self.cfg.precision == "auto" else "")
+                + (", channels-last" if self.channels_last else ""))
 
     @property
     def untrained_stages(self) -> List[str]:
@@ -433,9 +453,7 @@ class Trainer:
 
     # -- training -----------------------------------------------------------------------------------
     def _autocast(self):
-        if self.cfg.amp == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.precision, self.device)
 
     def _load(self, ds, slices) -> Iterable[torch.Tensor]:
         """The rows of each index tensor in `slices`, in order (a DataLoader for file datasets)."""
@@ -650,7 +668,9 @@ class Trainer:
         last = self.epoch + 1 == epochs
         if self.world.is_main and (last or (cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0)):
             # rank 0 evaluates the whole test split (no collectives, its own RNG fork)
+            t_eval = time.time()
             record.update({f"test_{k}": v for k, v in self.evaluate(stage, "test").items()})
+            record["eval_s"] = round(time.time() - t_eval, 3)
         record["time_s"] = round(seconds, 3)
         self.history.append(record)
         if self.world.is_main:
@@ -751,7 +771,8 @@ class Trainer:
             "routing": cfg.routing, "likelihood": cfg.likelihood,
             "objective_units": self.recipe.objective_units(),
             "dataset": cfg.dataset, "latent": cfg.latent, "ops": ops_name(self.ops),
-            "device": str(self.device), "steps": self.step,
+            "device": str(self.device), "precision": self.precision,
+            "channels_last": self.channels_last, "steps": self.step,
             "train": objectives[headline.name]["train"],
             "test": objectives[headline.name]["test"],
             "prior_fit": None,
@@ -769,7 +790,9 @@ class Trainer:
             summary["ae"] = {"train_recon": ae_last[-1].get("train_recon"),
                              "test_recon": ae_last[-1].get("test_recon")}
         if cfg.outputs:
+            t_out = time.time()
             summary.update(write_outputs(self))
+            summary["outputs_seconds"] = round(time.time() - t_out, 2)
         summary["seconds"] = round(time.time() - self.t_start, 2)
         write_json(summary, os.path.join(self.run_dir, "summary.json"))
         self.log(table_row(summary))
@@ -877,7 +900,8 @@ def load_expost(run_dir: str, device: str = "cpu", routing: str = "per-row"):
                               "its prior fit")
     dev = pick_device(device)
     ae = Autoencoder(info.kind, info.shape, cfg.latent, cfg.hidden or (128, 128),
-                     likelihood=build_likelihood(cfg.likelihood or "mse", info.kind, cfg.gamma_min or 0.0))
+                     likelihood=build_likelihood(cfg.likelihood or "mse", info.kind, cfg.gamma_min or 0.0,
+                                                 cfg.image_output))
     ckpt.load_state(ae, ck["models"]["ae"], "stage-1 autoencoder", path)
     p = ck["prior"]
     prior = MixturePrior(p["weights"], p["means"], p["stds"])
