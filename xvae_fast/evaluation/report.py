@@ -43,6 +43,8 @@ def _columns(report: Dict[str, Any]):
             ("dataset", lambda: report["dataset"])]
     if "rec" in m:
         cols.append(("Rec↓", lambda: _num(m["rec"]["value"])))
+    if "nll" in m:
+        cols.append((f"NLL (k={m['nll']['k']})↓", lambda: f"{m['nll']['mean']:.2f}±{m['nll']['stderr']:.2f}"))
     for key, label in LABELS.items():
         if key in m:
             cols.append((f"{label} samples↓", lambda k=key: _num(m[k]["samples"]["value"])))
@@ -73,8 +75,9 @@ def markdown_row(report: Dict[str, Any], *more: Dict[str, Any]) -> str:
     head = "| " + " | ".join(c for c, _ in cols) + " |"
     sep = "|" + "|".join("---" for _ in cols) + "|"
     rows = ["| " + " | ".join(f() for _, f in cols) + " |"]
-    for other in more:
-        rows.append("| " + " | ".join(f() for _, f in _columns(other)) + " |")
+    for other in more:   # under this report's columns; a metric the other lacks (e.g. the NLL of a
+        theirs = dict(_columns(other))   # reference sampler) shows as –
+        rows.append("| " + " | ".join(theirs[c]() if c in theirs else "–" for c, _ in cols) + " |")
     return "\n".join([head, sep] + rows)
 
 
@@ -89,6 +92,11 @@ def markdown(report: Dict[str, Any]) -> str:
     lines.append("Metrics:")
     if "rec" in m:
         lines.append(f"- Rec: {m['rec']['description']} ({m['rec']['n']} test examples).")
+    if "nll" in m:
+        e = m["nll"]
+        lines.append(f"- NLL: {e['description']} ({e['n']} test examples, {e['likelihood']} likelihood; "
+                     f"binarisation: {e['binarization']['method']}; prior {e['prior']}, proposal "
+                     f"{e['proposal']}; mean effective sample size {e['ess_mean']:.1f} of {e['k']}).")
     for key, label in LABELS.items():
         if key in m:
             lines.append(f"- {label}: {m[key]['description']}.")

@@ -91,6 +91,7 @@ class EvalOptions:
     progress: bool = True
     log: Optional[Callable[[str], None]] = None
     model: str = "vae"                           # vae: the trained model; expost: the ex-post reference
+    nll: Optional[Any] = None                    # nll.NLLOptions: the importance-sampled NLL (--nll)
 
 
 class _Space:
@@ -247,6 +248,10 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
 
     if opts.model not in MODELS:
         raise ConfigError(f"the evaluated model must be one of {MODELS}, got {opts.model!r}")
+    if opts.nll is not None:
+        opts.nll.validate()
+        if opts.model != "vae":
+            raise ConfigError(f"--nll evaluates the trained model, not the {opts.model!r} reference sampler")
     out = opts.out or (run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run)))
     check_out_dir(out, "--out")   # before any work; the folder is created when the report is written
     from ..data import load_dataset
@@ -265,6 +270,9 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
         from ..training import load_run
         cfg, info, vae, _ = load_run(run, opts.device)
     dev = next(vae.parameters()).device
+    if opts.nll is not None:           # before any work: a model without a density is refused here
+        from .nll import check_nll_supported
+        check_nll_supported(vae)
     if proto.routing is None:   # the run's own routing (per-row for models without a routed prior)
         proto = dataclasses.replace(proto, routing=getattr(vae, "routing", None) or "per-row")
     threads = opts.threads if opts.threads is not None else getattr(cfg, "threads", None)
@@ -298,6 +306,13 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
         t = time.time()
         bundle = load_dataset(cfg)
         timings["load_data"] = time.time() - t
+        nll_entry = None
+        if opts.nll is not None:
+            from .nll import evaluate_nll
+            t = time.time()
+            nll_entry = evaluate_nll(vae, bundle.test, info, opts.nll, proto.seed, dev, notes, log,
+                                     opts.progress)
+            timings["nll"] = time.time() - t
         split = bundle.test if proto.real_split == "test" else bundle.train
         n_avail = len(split)
         m = min(proto.n_real, n_avail)
@@ -370,7 +385,7 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
                 x = png_roundtrip(x, os.path.join(png_dir, name), start)
             return x
 
-        results: Dict[str, Any] = {}
+        results: Dict[str, Any] = {} if nll_entry is None else {"nll": nll_entry}
         if "rec" in metrics:
             t = time.time()
             _, sse = reconstruct(vae, bundle.test, proto.seed + RECON_SEED_OFFSET, proto.gen_batch_size,
