@@ -133,3 +133,33 @@ def test_compare_evaluate_on_a_2d_set_tabulates_the_histogram_metrics(tmp_path):
     assert "| hist KL↓ | JSD (S-IntroVAE)↓ | JSD↓ | modes covered↑ | in modes↑ |" in md
     csv_row = _rows(out)[0]
     assert float(csv_row["hist_kl"]) == pytest.approx(r["hist_kl"]) and csv_row["modes_covered"] != ""
+
+
+def test_compare_nll_column_for_the_models_with_a_density(tmp_path, capsys):
+    """--nll: the rows with a density (VAE, X-VAE matched) get an NLL with its standard error and k;
+    the ex-post reference (no encoder density) and the mse row (not a density) get none, with the
+    reason kept in the row; the table says k and the binarisation. The NLL options need --evaluate
+    and --nll."""
+    from xvae_fast.compare import main
+    from xvae_fast.evaluation.nll import NLLOptions
+    out = str(tmp_path / "cmp")
+    settings = EvalSettings(n_real=40, n_fake=100, classifier_steps=30,
+                            nll=NLLOptions(k=4, n=24, binarize=True))
+    with one_thread():
+        rows = run_comparison("digits", 0, out, models=["vae", "matched", "expost"], quick=True,
+                              verbose=False, evaluate=settings)
+        mse = run_comparison("digits", 0, str(tmp_path / "mse"), models=["vae"], quick=True,
+                             extra=["--likelihood", "mse"], verbose=False, evaluate=settings)
+    by = {r["key"]: r for r in rows}
+    for key in ("vae", "matched"):
+        assert math.isfinite(by[key]["nll"]) and by[key]["nll"] > 0 and by[key]["nll_se"] > 0
+        assert by[key]["nll_k"] == 4 and by[key]["nll_binarized"] is True
+    assert by["expost"].get("nll") is None
+    assert mse[0].get("nll") is None and "not a density" in mse[0]["nll_note"]
+    with open(os.path.join(out, "comparison.md")) as f:
+        md = f.read()
+    assert "NLL↓ (nats)" in md and "k = 4" in md and "binarised once" in md
+    for argv in (["--nll"], ["--evaluate", "--nll-k", "5"], ["--evaluate", "--nll", "--nll-k", "0"]):
+        assert main(["--quick", "--models", "vae", "--out", str(tmp_path / "bad"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert "--nll is for --evaluate" in err and "add --nll" in err

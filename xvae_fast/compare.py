@@ -87,7 +87,7 @@ QUICK = ["--limit", "240", "--batch-size", "64", "--epochs-ae", "1", "--epochs-v
          "--em-n-init", "1", "--no-outputs"]
 EVAL_COLUMNS = ["rec", "fd_name", "fd_samples", "fd_recon", "fd_interp", "precision", "recall", "fid_samples",
                 "fid_recon", "is_mean", "is_std", "in_modes", "mode_shares", "hist_kl", "jsd_sintro", "jsd",
-                "modes_covered"]
+                "modes_covered", "nll", "nll_se", "nll_k", "nll_binarized"]
 CSV_COLUMNS = ["key", "model", "plan", "name", "status", "train_objective", "test_objective",
                "test_recon", "test_kl", "train_recon", "train_kl", "test_kl_cat", "test_kl_gauss",
                "likelihood", "units", "params_total", "params_prior", "stage1_params", "steps",
@@ -163,6 +163,7 @@ class EvalSettings:
     n_fake: int = 2000
     classifier_steps: Optional[int] = None
     device: str = "auto"
+    nll: Optional[Any] = None      # evaluation.nll.NLLOptions: the NLL column (--nll)
 
 
 def _evaluate(row: Dict[str, Any], settings: EvalSettings, verbose: bool) -> None:
@@ -177,7 +178,16 @@ def _evaluate(row: Dict[str, Any], settings: EvalSettings, verbose: bool) -> Non
                        classifier_steps=settings.classifier_steps, device=settings.device)
     if verbose:
         print(f"[compare] evaluating {row['key']}", file=sys.stderr, flush=True)
-    report = evaluate_cached(row["run"], opts, f"compare_eval_{model}")
+    if settings.nll is not None and model == "vae":
+        from .evaluation.nll import NLLUndefinedError
+        try:
+            report = evaluate_cached(row["run"], dataclasses.replace(opts, nll=settings.nll),
+                                     f"compare_eval_{model}")
+        except NLLUndefinedError as exc:      # a model without a density: the other metrics only
+            row["nll_note"] = str(exc)
+            report = evaluate_cached(row["run"], opts, f"compare_eval_{model}")
+    else:
+        report = evaluate_cached(row["run"], opts, f"compare_eval_{model}")
     row.update(headline_metrics(report))
     row["eval_routing"] = report["protocol"]["routing"] if report.get("routing_applies") else None
     row["eval_n_fake"] = proto.n_fake
@@ -359,6 +369,9 @@ def _table2(rows: List[Dict[str, Any]]) -> str:
         cols += [("modes covered↑", "modes_covered", max)]
     if any(r.get("in_modes") is not None for r in ev):
         cols += [("in modes↑", "in_modes", max)]
+    nll = [r for r in ev if r.get("nll") is not None]
+    if nll:
+        cols += [("NLL↓ (nats)", "nll", min)]
     best = {}
     for _, k, pick in cols:
         vals = [r[k] for r in ev if r.get(k) is not None and math.isfinite(r[k])]
@@ -375,6 +388,8 @@ def _table2(rows: List[Dict[str, Any]]) -> str:
             cell = _fmt(v)
             if k == "is_mean" and v is not None and r.get("is_std") is not None:
                 cell = f"{v:.3f}±{r['is_std']:.3f}"
+            if k == "nll" and v is not None:
+                cell = f"{v:.2f}±{r['nll_se']:.2f}"
             cells.append(f"**{cell}**" if v is not None and v == best[k] else cell)
         if shares:
             cells.append("/".join(f"{v:.2f}" for v in r.get("mode_shares") or []))
@@ -391,7 +406,12 @@ def _table2(rows: List[Dict[str, Any]]) -> str:
               + (f" X-VAE mixture rows generate with {routing} routing (their --routing)." if routing
                  else "")
               + (" In modes: fraction of samples within 3 std of a cluster mode; per-mode shares: each "
-                 "mode's share of the samples." if shares else "")]
+                 "mode's share of the samples." if shares else "")
+              + (f" NLL: importance-sampled -log p(x), k = {nll[0]['nll_k']}, mean ± standard error over "
+                 "the test examples, in nats" + (", on the test set binarised once (fixed seed)"
+                                                 if nll[0].get("nll_binarized") else "")
+                 + "; empty where a model has no density (python -m xvae_fast.evaluate --nll says why)."
+                 if nll else "")]
     return "\n".join(lines)
 
 
@@ -447,6 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--classifier-steps", type=int, default=None, metavar="N", help="training steps of "
                    "the offline feature classifier (default: its recipe)")
     g.add_argument("--eval-device", default="auto", metavar="DEV", help="device of the evaluation")
+    g.add_argument("--nll", action="store_true", help="with --evaluate: an NLL column (evaluate --nll: "
+                   "importance-sampled -log p(x) of every row with a density; the others stay empty)")
+    g.add_argument("--nll-k", type=int, default=None, metavar="K", help="importance samples per "
+                   "example (default: evaluate's)")
+    g.add_argument("--nll-n", type=int, default=None, metavar="N", help="test examples of the NLL "
+                   "(default: evaluate's)")
+    g.add_argument("--nll-binarize", action="store_true", help="the papers' protocol: the test "
+                   "images binarised once with a fixed seed")
     return p
 
 
@@ -454,12 +482,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     settings = None
+    nll_flags = args.nll or args.nll_k is not None or args.nll_n is not None or args.nll_binarize
     if args.evaluate:
         settings = EvalSettings(args.inception_weights, args.n_real, args.n_fake, args.classifier_steps,
                                 args.eval_device)
-    elif args.inception_weights:
-        print("error: --inception-weights is for --evaluate", file=sys.stderr)
+    elif args.inception_weights or nll_flags:
+        print(f"error: {'--inception-weights' if args.inception_weights else '--nll'} is for --evaluate",
+              file=sys.stderr)
         return 2
+    if nll_flags and not args.nll:
+        print("error: --nll-k, --nll-n and --nll-binarize set the NLL column: add --nll", file=sys.stderr)
+        return 2
+    if args.nll:
+        from .evaluation.nll import NLLOptions
+        nll = NLLOptions(binarize=args.nll_binarize)
+        nll = dataclasses.replace(nll, **{k: v for k, v in (("k", args.nll_k), ("n", args.nll_n))
+                                          if v is not None})
+        try:
+            settings.nll = nll.validate()
+        except XVAEError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         rows = run_comparison(args.data, args.seed, args.out, models, args.epochs, args.epochs_ae,
                               args.quick, extra, args.overwrite, verbose=not args.quiet,

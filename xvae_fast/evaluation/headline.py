@@ -3,6 +3,7 @@ headline numbers of a report, and a cache of reports next to each run so a rerun
 re-evaluate a run whose checkpoint has not changed."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Dict
@@ -12,7 +13,7 @@ from .runner import EvalOptions, evaluate_run
 
 def headline_metrics(report: Dict[str, Any]) -> Dict[str, Any]:
     """Rec, the offline (and Inception) Fréchet distances of samples and reconstructions, precision /
-    recall, the Inception Score, for the clusters the in-mode fraction and per-mode shares, and for
+    recall, the Inception Score, the NLL (with --nll), for the clusters the in-mode fraction and per-mode shares, and for
     the 2-D benchmark the histogram KL, both JSDs and (8gaussians) the mode coverage."""
     m = report["metrics"]
     out: Dict[str, Any] = {}
@@ -33,6 +34,9 @@ def headline_metrics(report: Dict[str, Any]) -> Dict[str, Any]:
     if "modes" in m:
         out.update(in_modes=m["modes"]["within_3std"], mode_shares=m["modes"]["shares"],
                    min_mode_share=min(m["modes"]["shares"]))
+    if "nll" in m:     # evaluate --nll: the importance-sampled NLL, comparable across models
+        out.update(nll=m["nll"]["mean"], nll_se=m["nll"]["stderr"], nll_k=m["nll"]["k"],
+                   nll_binarized=m["nll"]["binarization"]["binarized"])
     if "toy2d" in m:   # the 2-D benchmark (paper 001's Table 1), and the 8gaussians mode coverage
         t = m["toy2d"]
         out.update({k: t[k] for k in ("hist_kl", "jsd_sintro", "jsd", "in_modes", "mode_shares",
@@ -47,6 +51,8 @@ def evaluate_cached(run_dir: str, opts: EvalOptions, name: str) -> Dict[str, Any
     from ..training.metrics import write_json
     key = {"model": opts.model, "protocol": opts.protocol.to_dict(), "metrics": opts.metrics,
            "inception": opts.inception_weights, "classifier_steps": opts.classifier_steps}
+    if opts.nll is not None:    # (absent otherwise, so reports cached before --nll stay valid)
+        key["nll"] = dataclasses.asdict(opts.nll)
     path = os.path.join(run_dir, f"{name}.json")
     if os.path.isfile(path) and os.path.getmtime(path) >= os.path.getmtime(
             os.path.join(run_dir, ckpt.CHECKPOINT)):
