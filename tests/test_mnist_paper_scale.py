@@ -109,3 +109,44 @@ def test_the_linear_mean_is_the_decoder_output_and_the_sigmoid_is_kept():
         hh = torch.full((1, 3), -30.0, requires_grad=True)
         lik.nll(hh, x).backward()
         assert bool(hh.grad.abs()[0, 1:].min() > 1.0) is alive
+
+
+def test_dynamic_binarisation_redraws_training_pixels_and_fixes_the_test_set(tmp_path):
+    """--binarize dynamic: every training batch the model sees is binary and redrawn (the same image
+    twice gives different pixels), the test split is binarised once with the fixed seed of the NLL
+    protocol, a stopped run resumes exactly, and vector data is refused (exit 2)."""
+    from xvae_fast.training.trainer import Trainer
+    from xvae_fast.data.binarize import binarize_fixed
+    from train_utils import TINY_DIGITS, load_ck, one_thread
+    from test_train_resume import _assert_same_run
+    from xvae_fast.train import parse_config
+    cfg, explicit = parse_config([*TINY_DIGITS, "--binarize", "dynamic", "--no-outputs",
+                                  "--out", str(tmp_path / "seen")])
+    with one_thread():
+        trainer = Trainer(cfg, explicit=explicit, verbose=False)
+        plain = load_dataset(TrainConfig(dataset="digits", limit=160))
+        test = trainer.data.test.get_batch(torch.arange(len(trainer.data.test)))
+        assert torch.equal(test, binarize_fixed(plain.test, range(len(plain.test))))
+        seen = []
+        inner = trainer._loss
+        trainer._loss = lambda stage, x: (seen.append(x.clone()), inner(stage, x))[1]
+        trainer.run()
+        trainer.close()
+    assert seen and all(set(x.unique().tolist()) <= {0.0, 1.0} for x in seen)
+    # stage-1 epochs 1 and 2 (2 batches each) see the same 128 images in another order: a fixed
+    # binarisation would give the same pixel total twice; redrawn, the totals differ, both near the
+    # total intensity of those images
+    x = plain.train.get_batch(torch.arange(len(plain.train)))
+    assert len(seen) >= 4 and seen[0].shape[0] + seen[1].shape[0] == len(x)
+    totals = [float(seen[0].sum() + seen[1].sum()), float(seen[2].sum() + seen[3].sum())]
+    assert totals[0] != totals[1]
+    for t in totals:
+        assert abs(t - float(x.sum())) < 4 * float((x * (1 - x)).sum()) ** 0.5
+    ref, run = str(tmp_path / "ref"), str(tmp_path / "run")
+    flags = [*TINY_DIGITS, "--binarize", "dynamic", "--no-outputs"]
+    assert train(*flags, "--out", ref) == 0
+    assert train(*flags, "--out", run, "--stop-after", "5") == 0
+    assert train("--resume", run, "--no-progress") == 0
+    _assert_same_run(load_ck(ref), load_ck(run))
+    assert load_ck(run)["config"]["binarize"] == "dynamic"
+    assert train("--dataset", "clusters", "--binarize", "dynamic", "--out", str(tmp_path / "v")) == 2

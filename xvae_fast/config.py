@@ -101,6 +101,7 @@ class TrainConfig:
     split_seed: int = 0
     test_fraction: float = 0.2
     limit: Optional[int] = None
+    binarize: str = "none"                   # none | dynamic: Bernoulli-redrawn training pixels (data/binarize.py)
     image_size: Optional[int] = None
     channels: Optional[int] = None
     standardize: Optional[bool] = None
@@ -313,6 +314,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     cfg = _resolve_method(cfg, spec.kind)
     cfg = _resolve_model_options(cfg, spec.kind)
     _choice(cfg, "em_backend", ("torch", "sklearn"))
+    _choice(cfg, "binarize", ("none", "dynamic"))
+    if cfg.binarize != "none" and spec.kind in VECTOR_KINDS:
+        raise ConfigError(f"--binarize draws image pixels as Bernoulli(intensity); {spec.kind} is vector "
+                          "data")
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.channels_last not in CHANNELS_LAST:

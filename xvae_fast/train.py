@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split-seed", type=int, help="seed of the train/test split (default 0)")
     g.add_argument("--test-fraction", type=float, help="test share when a split is made (default 0.2)")
     g.add_argument("--limit", type=int, metavar="N", help="use at most N examples (quick runs)")
+    g.add_argument("--binarize", choices=["none", "dynamic"], help="images in [0, 1]: dynamic redraws "
+                   "every training batch as x ~ Bernoulli(intensity) and binarises the test images once "
+                   "(fixed seed), the likelihood papers' protocol (VampPrior's code); default none")
     g.add_argument("--image-size", type=int, metavar="S", help="images/celeba: centre crop and resize to "
                    "SxS (default 64)")
     g.add_argument("--channels", type=int, choices=[1, 3], help="images/celeba: 1 grey or 3 RGB")

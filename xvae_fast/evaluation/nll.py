@@ -49,6 +49,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..data.binarize import FIXED_BATCH, FIXED_SEED, binarize_fixed
 from ..errors import ConfigError, DataError
 
 LOG_2PI = math.log(2 * math.pi)
@@ -57,8 +58,8 @@ PAPER_K = 5000             # the papers' k (Burda et al.; VampPrior's code)
 DEFAULT_N = 1000           # test examples: a seeded subset of the test split
 DEFAULT_BATCH = 50         # examples per importance-sampling batch
 DECODED_ELEMENTS = 1 << 22 # default chunk: about this many decoded values (rows x D) per decoder call
-BINARIZE_SEED = 0          # the fixed seed of --nll-binarize
-BINARIZE_BATCH = 1000      # the test split is binarised in order, in batches of this size
+BINARIZE_SEED = FIXED_SEED          # the fixed seed of --nll-binarize
+BINARIZE_BATCH = FIXED_BATCH    # the test split is binarised in order, in batches of this size
 _BLOCK_ELEMENTS = 1 << 22  # float64 elements of a (rows, coordinates, components) temporary
 NLL_SEED_OFFSET = 16       # the importance-sampling noise: --seed + 16 (runner.py's offsets are 11-15)
 
@@ -506,27 +507,9 @@ def check_binarizable(info, split) -> None:
 
 def binarize(split, indices: Sequence[int], seed: int = BINARIZE_SEED,
              batch: int = BINARIZE_BATCH) -> torch.Tensor:
-    """The rows `indices` of the split binarised once: the split is read in order in batches of `batch`
-    and each pixel drawn torch.bernoulli(intensity) with one generator seeded `seed`, so an example's
-    binary image depends only on the seed and its position in the split, not on which rows are asked
-    for. Every pixel read must lie in [0, 1]."""
-    indices = np.asarray(indices, dtype=np.int64)
-    want = {int(i): j for j, i in enumerate(indices)}
-    out: List[Optional[torch.Tensor]] = [None] * len(indices)
-    g = torch.Generator().manual_seed(int(seed))
-    last = int(indices.max()) + 1 if len(indices) else 0
-    for s in range(0, last, batch):
-        xb = split.get_batch(torch.arange(s, min(last, s + batch))).float()
-        lo, hi = float(xb.min()), float(xb.max())
-        if lo < 0 or hi > 1 or not math.isfinite(lo + hi):
-            raise ConfigError(f"--nll-binarize draws pixels as Bernoulli(intensity) and needs intensities "
-                              f"in [0, 1], but the test split spans [{lo:.4g}, {hi:.4g}]")
-        xb = torch.bernoulli(xb, generator=g)
-        for r in range(xb.shape[0]):
-            j = want.get(s + r)
-            if j is not None:
-                out[j] = xb[r]
-    return torch.stack(out)
+    """The rows `indices` of the test split binarised once (data/binarize.py, the protocol shared with
+    the trainer's `--binarize dynamic`)."""
+    return binarize_fixed(split, indices, seed, batch, what="the test split (--nll-binarize)")
 
 
 @dataclasses.dataclass

@@ -151,6 +151,8 @@ class Trainer:
         self.data: DataBundle = load_dataset(cfg)
         self.info: DataInfo = self.data.info
         self._check_likelihood_data()
+        if cfg.binarize == "dynamic":
+            self._binarize_test_split()
         self.recipe = build_recipe(cfg, self.info, self.ops).to(self.device)
         modules = [m for m in self.recipe.modules.values() if m is not None]
         self.channels_last = resolve_channels_last(cfg.channels_last, self.device, self.precision, modules)
@@ -249,6 +251,24 @@ class Trainer:
                                            f"the {name} data ({self.info.name}, model space)")
                 if msg:
                     raise ConfigError(msg)
+
+    def _binarize_test_split(self) -> None:
+        """--binarize dynamic: the test images binarised once with the fixed seed (the protocol the
+        NLL evaluation uses), so every epoch's test objective sees the same binary images; the
+        training batches are redrawn in `_train_step`."""
+        from ..data.base import TensorData
+        from ..data.binarize import binarize_fixed, check_unit_interval
+        if self.info.kind != "image":
+            raise ConfigError(f"--binarize draws image pixels; {self.info.name} is {self.info.kind} data")
+        if self.world.distributed:
+            raise ConfigError("--binarize dynamic does not run under torchrun yet (each rank would draw "
+                              "its own rows' pixels, so the run would not be the single-process one); "
+                              "run it in one process")
+        for name, ds in (("training", self.data.train), ("test", self.data.test)):
+            if ds.in_memory and len(ds):
+                check_unit_interval(ds.get_batch(torch.arange(len(ds))), f"the {name} data")
+        self.data.test = TensorData(binarize_fixed(self.data.test, range(len(self.data.test)),
+                                                   what="the test data"))
 
     @property
     def ae(self):
@@ -633,6 +653,8 @@ class Trainer:
             try:
                 for x, shard in self._train_batches(ds, order, self.batch, nb):
                     x = x.to(self.device, non_blocking=True)
+                    if cfg.binarize == "dynamic" and x.dim() == 4:   # images (not stage-2 latents)
+                        x = torch.bernoulli(x)     # the run's seeded RNG: resumes exactly
                     self.recipe.before_step(stage, self.step, self)
                     values = self._train_step(stage, x, shard if dist else None)
                     b = shard.total
