@@ -142,3 +142,14 @@ def test_the_old_amp_option_still_reads():
     # a checkpoint from before both options trained in fp32, contiguous: it resumes that way
     old = TrainConfig.from_saved({"dataset": "digits"})
     assert old.precision == "fp32" and old.channels_last == "off"
+
+
+def test_a_busy_machine_is_named_with_the_thread_count_to_use():
+    from xvae_fast.training.threads import oversubscription_warning as warn
+    assert warn(0.1, 2, 2) is None                       # quiet
+    assert warn(0.3, 2, 1) is None                       # one thread never waits on another
+    msg = warn(1.0, 2, 2)
+    assert msg and "--threads 1" in msg and "1.00 on 2 CPU cores" in msg
+    assert "--threads 1" in warn(3.5, 2, 2)              # fully busy: at least one thread
+    assert warn(1.0, 8, 4) is None                       # enough free cores
+    assert "--threads 6" in warn(2.0, 8, 8)

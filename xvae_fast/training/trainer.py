@@ -43,6 +43,7 @@ from .. import shard as sharding
 from . import checkpoint as ckpt
 from .distributed import World, main_decides
 from .metrics import TensorBoardLogger, table_row, write_json, write_metrics
+from .threads import check_load
 from .precision import autocast, native_bf16, resolve_channels_last, resolve_precision, to_channels_last
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -192,6 +193,10 @@ class Trainer:
                  if self.world.distributed else "")
         self.log(f"data {describe(self.data)}; model {self.model_name}; ops {ops_name(self.ops)}; "
                  f"device {self.device}{ranks}; {self.numerics}")
+        if self.device.type == "cpu" and not cfg.threads:
+            busy = check_load(torch.get_num_threads())
+            if busy:
+                self.log(f"warning: {busy}")
         if getattr(self, "_bf16_warning", False):
             self.log("warning: --precision bf16 on a CPU without bfloat16 units (no AMX or AVX512-BF16): "
                      "oneDNN emulates it, and a step runs many times slower than fp32 "
