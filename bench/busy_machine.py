@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--codes", type=int, default=20000)
     args = ap.parse_args(argv)
     from xvae_fast.data.mnist import find_file, read_idx
-    x = torch.from_numpy(np.ascontiguousarray(read_idx(find_file(args.data, "train-images-idx3-ubyte"))))
+    x = torch.from_numpy(np.array(read_idx(find_file(args.data, "train-images-idx3-ubyte"))))
     x = x[:51200].float().div_(255).unsqueeze(1)
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(64, 64, generator=g) * 4
