@@ -188,3 +188,4 @@ def test_non_finite_loss_stops_with_a_diagnostic(tmp_path):
             "--latent", "3", "--epochs-ae", "3", "--batch-size", "32", "--out", tmp_path / "run2",
             "--no-progress")
     assert r.returncode == 1 and "non-finite loss" in r.stderr and "Traceback" not in r.stderr
+

@@ -546,10 +546,6 @@ class Trainer:
         vec = torch.stack([terms[k].detach().float() for k in stage.terms])
         if shard is not None:     # each rank's batch means, weighted by its rows: the global means
             vec = self.world.sum_(vec * (shard.rows / shard.total))
-        vec = vec.cpu()
-        values = dict(zip(stage.terms, vec.tolist()))
-        if not bool(torch.isfinite(vec).all()):
-            raise self._nonfinite(stage, values, "loss")
         opt.zero_grad(set_to_none=True)
         if shard is None:
             terms["loss"].backward()
@@ -559,16 +555,32 @@ class Trainer:
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         opt.step()
-        self._after_step(stage, values)
+        # One host sync per step: the loss terms and the finiteness of the updated weights come back
+        # together, so a GPU never waits for the host between the forward and the backward. A
+        # non-finite loss is still reported as the loss; the update it made never reaches a
+        # checkpoint (the run stops before the next one is written).
+        got = torch.cat([vec, self._weights_finite(params).float().reshape(1).to(vec.device)]).cpu()
+        values = dict(zip(stage.terms, got[:-1].tolist()))
+        if not bool(torch.isfinite(got[:-1]).all()):
+            raise self._nonfinite(stage, values, "loss")
+        self._after_step(stage, values, weights_finite=bool(got[-1]))
         return values
 
-    def _after_step(self, stage: Stage, values: Dict[str, float]) -> None:
-        """The scheduler step, then the check that no weight of the stage became NaN/inf."""
+    @staticmethod
+    def _weights_finite(params) -> torch.Tensor:
+        return torch.isfinite(torch.stack(torch._foreach_norm(params))).all()
+
+    def _after_step(self, stage: Stage, values: Dict[str, float],
+                    weights_finite: Optional[bool] = None) -> None:
+        """The scheduler step, then the check that no weight of the stage became NaN/inf (computed
+        here unless the step already fetched it)."""
         sched = self.sched[stage.name]
         if sched is not None:
             sched.step()
-        params = [p for g in self.opt[stage.name].param_groups for p in g["params"]]
-        if not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
+        if weights_finite is None:
+            params = [p for g in self.opt[stage.name].param_groups for p in g["params"]]
+            weights_finite = bool(self._weights_finite(params))
+        if not weights_finite:
             module = self.recipe.stage_module(stage)
             bad = next((n for n, p in module.named_parameters() if not torch.isfinite(p).all()), "?")
             raise self._nonfinite(stage, values, f"weights after the update ({bad})")
