@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .plans import Plan
 from .functional import ROUTINGS
 from .models.likelihood import IMAGE_OUTPUTS, LIKELIHOODS
+from .prior_fit import BACKENDS as EM_BACKENDS
 from .models import RECIPES, get_recipe
 from .models.vae import KL_OBJECTIVES
 from .models.xvae import PLAN_NAMES, PRIOR_FITS  # noqa: F401  (re-exported for callers of the config)
@@ -56,7 +57,8 @@ SCHEDULES = ("none", "cosine")
 
 # Keys that may differ between a checkpoint's config and the config given with --resume.
 RUNTIME_KEYS = ("device", "progress", "tensorboard", "num_workers", "stop_after", "checkpoint_every",
-                "resume", "config", "overwrite", "out", "threads", "compile", "auto_resume", "precision", "channels_last")
+                "resume", "config", "overwrite", "out", "threads", "compile", "auto_resume", "precision",
+                "channels_last")
 
 
 def _renamed(d: Dict[str, Any]) -> Dict[str, Any]:
@@ -313,16 +315,13 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         _positive_int(cfg, "limit", 2)
     cfg = _resolve_method(cfg, spec.kind)
     cfg = _resolve_model_options(cfg, spec.kind)
-    _choice(cfg, "em_backend", ("torch", "sklearn"))
+    _choice(cfg, "em_backend", EM_BACKENDS)
     _choice(cfg, "binarize", ("none", "dynamic"))
     if cfg.binarize != "none" and spec.kind in VECTOR_KINDS:
         raise ConfigError(f"--binarize draws image pixels as Bernoulli(intensity); {spec.kind} is vector "
                           "data")
-    if cfg.precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
-    if cfg.channels_last not in CHANNELS_LAST:
-        raise ConfigError(f"--channels-last must be one of {', '.join(CHANNELS_LAST)}, got "
-                          f"{cfg.channels_last!r}")
+    _choice(cfg, "precision", PRECISIONS)
+    _choice(cfg, "channels_last", CHANNELS_LAST)
     if cfg.lr_schedule not in SCHEDULES:
         raise ConfigError(f"--lr-schedule must be one of {SCHEDULES}, got {cfg.lr_schedule!r}")
     for name in ("lr", "alpha"):
