@@ -58,3 +58,16 @@ def mnist_dir():
             return os.path.abspath(p)
     pytest.fail(f"the shared MNIST files are not found in any of {_mnist_candidates()}; set "
                 "XVAE_FAST_MNIST to the folder holding the four gzipped IDX files")
+
+
+@pytest.fixture(scope="session")
+def family_runs(tmp_path_factory):
+    """{key: run folder} of one tiny trained run per model family (train_utils.FAMILY_RUNS), trained
+    once per session and shared by the API and export tests."""
+    from train_utils import FAMILY_RUNS, train
+    root = tmp_path_factory.mktemp("family_runs")
+    runs = {}
+    for key, args in FAMILY_RUNS.items():
+        runs[key] = str(root / key)
+        assert train(*args, "--no-outputs", "--out", runs[key]) == 0, key
+    return runs

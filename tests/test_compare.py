@@ -36,10 +36,12 @@ def test_compare_writes_every_row_and_continues_an_interrupted_comparison(tmp_pa
     # the ex-post reference samples the mixture prior: the first routed row's (its EM fit on stage 1)
     assert expost["status"] == "from stage 1" and expost["run"] == by["interleaved"]["run"]
     assert expost["test_objective"] == "" and int(expost["params_total"]) == int(by["full"]["stage1_params"])
+    # every row, the ex-post reference included, carries its run's comparable headline (FD-data)
+    assert math.isfinite(float(expost["fd_data"])) and float(expost["fd_data"]) >= 0
     rows = [r for r in rows if r["key"] != "expost"]
     for r in rows:
         assert r["status"] == "trained", r
-        for k in NUMBERS:
+        for k in NUMBERS + ["fd_data"]:
             assert math.isfinite(float(r[k])), (r["key"], k)
         assert float(r["test_objective"]) == pytest.approx(float(r["test_recon"]) + float(r["test_kl"]),
                                                            rel=1e-5)
@@ -66,12 +68,13 @@ def test_compare_writes_every_row_and_continues_an_interrupted_comparison(tmp_pa
 
     with open(os.path.join(out, "comparison.md")) as f:
         md = f.read()
-    assert "| Model | train | test | recon | KL | params total | params prior |" in md
+    assert "| Model | train | test | recon | KL | FD-data | params total | params prior |" in md
     for name in ("Standard VAE", "VampPrior VAE", "Hierarchical VAE", "Standard MoG VAE", "GM-VAE",
                  "X-VAE single-Gaussian", "X-VAE transport K (full)", "X-VAE (K-1)+1 (pi^q, N^q)"):
         assert f"| {name} |" in md, name
     assert "| Ex-post reference (X-VAE stage 1 + fitted prior) |" in md
     assert "Table 2" not in md                      # only with --evaluate
+    assert "How the runs ran: 1 process on cpu, 1 threads, fp32; torch " in md   # the runs' provenance
     assert md.count("\n| ") == 1 + 16 and md.count("**") == 2  # header and 16 rows; one best
 
     # run again: every finished run is reused (nothing retrained), with the same numbers
@@ -163,3 +166,35 @@ def test_compare_nll_column_for_the_models_with_a_density(tmp_path, capsys):
         assert main(["--quick", "--models", "vae", "--out", str(tmp_path / "bad"), *argv]) == 2
     err = capsys.readouterr().err
     assert "--nll is for --evaluate" in err and "add --nll" in err
+
+
+def test_the_papers_numbers_stand_beside_ours_on_mnist_only():
+    """On MNIST (and CelebA) the tables gain a 'Beside the paper' section with the paper's Tables 4, 8
+    and 9 for the rows it reports (not the library's `matched` nor the ex-post reference); units and
+    feature spaces that differ from the paper's are said."""
+    from xvae_fast.compare import to_markdown
+    from xvae_fast.paper_results import paper_row
+    rows = [
+        {"key": "vae", "name": "Standard VAE", "status": "trained", "model": "vae", "test_objective": 101.5,
+         "train_objective": 102.0, "test_recon": 80.0, "test_kl": 21.5, "params_total": 609729,
+         "params_prior": 0, "likelihood": "bernoulli", "rec": 17.9, "fd_name": "fd_lenet", "fd_samples": 239.4},
+        {"key": "k1-pq-nq", "name": "X-VAE (K-1)+1 (pi^q, N^q)", "status": "trained", "model": "xvae",
+         "test_objective": 99.0, "train_objective": 99.5, "test_recon": 80.0, "test_kl": 19.0,
+         "params_total": 740865, "params_prior": 0, "likelihood": "bernoulli", "rec": 16.0,
+         "fd_name": "fd_lenet", "fd_samples": 120.0},
+        {"key": "matched", "name": "X-VAE matched (library default)", "status": "trained", "model": "xvae",
+         "test_objective": 98.0, "train_objective": 98.5, "test_recon": 79.0, "test_kl": 19.0,
+         "params_total": 609729, "params_prior": 0, "likelihood": "bernoulli", "rec": 15.0,
+         "fd_name": "fd_lenet", "fd_samples": 40.0},
+    ]
+    md = to_markdown(rows, "mnist:../shared/data/mnist", 42)
+    section = md.split("## Beside the paper")[1]
+    assert "| Standard VAE | 101.5 | 28.85 | 21.5 | 12.29 | 17.9 | 11.24 | 239.4 | 49.67 | 0.61 | 0.58 |" in section
+    # the routed rows share the paper's "X-VAE MoG" count (0.71 M); FID 47.21 (Table 8)
+    assert "| X-VAE (K-1)+1 (pi^q, N^q) | 99 | 28.56 | 19 | 12.04 | 16 | 11.6 | 120 | 47.21 | 0.74 | 0.71 |" in section
+    assert "X-VAE matched" not in section                       # the paper has no such row
+    assert "other units" in section and "offline FD-LeNet" in section
+    assert paper_row("mnist", "split-1/3")["fid"] == 46.01 and paper_row("celeba", "k1-pq-np")["fid"] == 80.40
+    # datasets the paper does not report get no such section
+    assert paper_row("digits", "vae") is None
+    assert "Beside the paper" not in to_markdown(rows, "digits", 42)

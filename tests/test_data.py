@@ -79,7 +79,8 @@ def test_mnist_idx_folder(tmp_path, gz):
 
 
 def test_mnist_without_test_file_is_split_by_seed(tmp_path):
-    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((20, 28, 28), np.uint8))
+    # (varying pixels: a constant image set is refused)
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.arange(20 * 28 * 28).reshape(20, 28, 28) % 256)
     b = _load(dataset=f"mnist:{tmp_path}", test_fraction=0.25)
     assert len(b.train) == 15 and len(b.test) == 5
 

@@ -85,6 +85,9 @@ def test_files_markdown_plot_and_grids(default_eval):
     assert "| Rec↓ | FD-LeNet samples↓ | FD-LeNet recon↓ |" in md
     assert "## Alpha sweep" in md and "| 0.5 |" in md and "| 2 |" in md
     assert "not Inception FID" in md and "n_real_used" in md
+    # how the evaluated run was trained, from its summary.json
+    assert rep["training_provenance"]["world_size"] == 1
+    assert "Trained with: 1 process on cpu" in md and "fp32; torch " in md
     for name in ["eval_alpha_sweep.png", "eval_alpha_grid.png", "eval_samples_alpha_0.5.png",
                  "eval_samples_alpha_1.png", "eval_samples_alpha_2.png"]:
         assert rep["files"] and os.path.isfile(out / name), name

@@ -59,20 +59,19 @@ def test_gaussian_stats_are_mean_and_unbiased_covariance():
         gaussian_stats(x[:1])
 
 
-def test_singular_product_falls_back_to_the_eps_offset():
-    # the square root of a nilpotent product is not finite: eps is added to both diagonals
-    s1, s2, eps = np.array([[0.0, 1.0], [0.0, 0.0]]), np.eye(2), 1e-6
-    with pytest.warns(RuntimeWarning, match="singular"):
-        got = frechet_distance(np.zeros(2), s1, np.zeros(2), s2, eps=eps)
-    off = np.eye(2) * eps
-    covmean = linalg.sqrtm((s1 + off) @ (s2 + off)).real
-    assert np.isfinite(got)
-    assert got == pytest.approx(np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean), rel=1e-9)
+def test_singular_covariances_need_no_eps_offset():
+    # a rank-one covariance: Tr (S1 S2)^(1/2) = sqrt(1' S1 1), exactly, with no diagonal offset
+    rng = np.random.default_rng(3)
+    s1, one = random_spd(4, rng), np.ones(4)
+    got = frechet_distance(np.zeros(4), s1, np.zeros(4), np.outer(one, one))
+    assert got == pytest.approx(np.trace(s1) + 4 - 2 * np.sqrt(one @ s1 @ one), rel=1e-12)
 
 
-def test_a_large_imaginary_component_is_an_error():
-    with pytest.raises(ValueError, match="imaginary component"):
+def test_a_matrix_that_is_not_a_covariance_is_an_error():
+    with pytest.raises(DataError, match="covariance 1 is not a covariance"):
         frechet_distance(np.zeros(2), -np.eye(2), np.zeros(2), np.eye(2))
+    with pytest.raises(DataError, match="not symmetric"):     # a nilpotent: no square root at all
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.array([[0.0, 1.0], [0.0, 0.0]]))
 
 
 def test_shape_mismatch_is_an_error():

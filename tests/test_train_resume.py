@@ -162,7 +162,7 @@ def test_mismatched_checkpoint_weights_are_a_clear_error(reference_runs, tmp_pat
     ck["models"]["vae"] = {k: v for k, v in ck["models"]["vae"].items() if "mu_head" not in k}
     run = tmp_path / "run"
     run.mkdir()
-    torch.save(ck, str(run / "checkpoint.pt"))
+    atomic_save(ck, str(run / "checkpoint.pt"))     # sealed with a digest of what it now holds
     with one_thread(), pytest.raises(CheckpointError, match="does not match the VAE"):
         Trainer(TrainConfig(resume=str(run)), explicit={"resume"}, verbose=False)
 

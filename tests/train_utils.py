@@ -46,3 +46,22 @@ def cli(module, *args, timeout=300):
 
 def load_ck(run_dir):
     return torch.load(os.path.join(run_dir, "checkpoint.pt"), map_location="cpu", weights_only=True)
+
+
+# One tiny run of every model family (the `family_runs` fixture of conftest.py trains them once per
+# session): images (digits) and vectors (clusters; one standardised, so the data-unit transform of
+# xvae_fast.load and of an export is exercised).
+_IP = ["--epochs-vae", "1", "--introprior-mog-warmup", "1", "--epochs-game", "1", "--introprior-mc", "4"]
+FAMILY_RUNS = {
+    "xvae": [*TINY_DIGITS, "--model", "xvae"],
+    "xvae-std": [*TINY_CLUSTERS, "--model", "xvae", "--standardize"],
+    "vae": [*TINY_CLUSTERS, "--model", "vae"],
+    "vamp": [*TINY_DIGITS, "--model", "vamp"],
+    "hierarchical": [*TINY_CLUSTERS, "--model", "hierarchical"],
+    "mog": [*TINY_DIGITS, "--model", "mog"],
+    "gmvae": [*TINY_CLUSTERS, "--model", "gmvae"],
+    "twostage": [*TINY_DIGITS, "--model", "twostage"],
+    "uae": [*TINY_CLUSTERS, "--model", "uae"],
+    "avae": [*TINY_DIGITS, "--model", "avae"],
+    "introprior": [*TINY_CLUSTERS, "--model", "introprior", *_IP],
+}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Dict, List, Optional, Union
 
 from .data.spec import DEFAULTS, TOY2D_KINDS, parse_dataset_spec
@@ -265,17 +264,14 @@ class TrainConfig:
 
 def save_config(cfg: TrainConfig, path: str) -> None:
     """Write the resolved config (YAML or JSON by extension) atomically."""
+    from .atomic_file import atomic_open
     d = cfg.to_dict()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", durable=True) as f:
         if path.lower().endswith(".json"):
             json.dump(d, f, indent=2)
         else:
             import yaml
             yaml.safe_dump(d, f, sort_keys=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _positive_int(cfg, name, minimum=1):
@@ -326,26 +322,55 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"--lr-schedule must be one of {SCHEDULES}, got {cfg.lr_schedule!r}")
     for name in ("lr", "alpha"):
         v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ConfigError(f"{name} must be a positive number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+            raise ConfigError(f"--{name} must be a positive finite number, got {v!r}")
     if not (isinstance(cfg.alphas, list) and cfg.alphas
-            and all(isinstance(a, (int, float)) and a > 0 for a in cfg.alphas)):
-        raise ConfigError(f"alphas must be a non-empty list of positive numbers, got {cfg.alphas!r}")
+            and all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 < a < float("inf")
+                    for a in cfg.alphas)):
+        raise ConfigError(f"--alphas must be a non-empty list of positive finite numbers, got "
+                          f"{cfg.alphas!r}")
     if not 0 < cfg.test_fraction < 1:
         raise ConfigError(f"test_fraction must be in (0, 1), got {cfg.test_fraction!r}")
     for name in ("em_var_floor", "em_weight_floor", "em_tol", "grad_clip"):
         v = getattr(cfg, name)
-        if not isinstance(v, (int, float)) or v < 0:
-            raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
-    if cfg.em_weight_floor * cfg.latent >= 1:
-        raise ConfigError(f"em_weight_floor {cfg.em_weight_floor} is too large for K = {cfg.latent} "
-                          "components (it must be < 1/K)")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative finite number, "
+                              f"got {v!r}")
+    # only the mixture X-VAE fits a K-component prior (the other models never read the floor)
+    if cfg.uses_mixture and cfg.em_weight_floor * cfg.latent >= 1:
+        raise ConfigError(f"--em-weight-floor {cfg.em_weight_floor:g} is too large for the C = K = "
+                          f"{cfg.latent} components of --latent {cfg.latent} (it must be < 1/K = "
+                          f"{1 / cfg.latent:.3g}); pass a smaller --em-weight-floor")
     if cfg.hidden is not None and not (isinstance(cfg.hidden, list) and cfg.hidden
                                        and all(isinstance(h, int) and h > 0 for h in cfg.hidden)):
         raise ConfigError(f"hidden must be a non-empty list of positive layer sizes, got {cfg.hidden!r}")
     if cfg.channels is not None and cfg.channels not in (1, 3):
         raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {cfg.channels!r}")
     return cfg
+
+
+def check_training_rows(cfg: TrainConfig, n_train: int) -> None:
+    """X-VAE fits its prior on the stage-1 latents of the training split, after stage 1 trained: too
+    few rows for that fit are refused when a run starts (XVAERecipe.on_new_run), not after stage 1,
+    which would leave a run folder that can never finish."""
+    if cfg.model != "xvae" or not isinstance(cfg.latent, int):
+        return
+    from .errors import DataError
+    from .prior_fit import MIN_ROWS_PER_COMPONENT
+    if cfg.plan == "single":
+        if n_train < 2:
+            raise DataError(f"the single-Gaussian prior (--plan single) is fitted on the training "
+                            f"split's stage-1 latents and needs at least 2 training rows; the data "
+                            f"has {n_train} (--test-fraction {cfg.test_fraction:g}); use more data")
+        return
+    need = MIN_ROWS_PER_COMPONENT * cfg.latent
+    if n_train < need:
+        raise DataError(f"--latent {cfg.latent} fits a mixture prior of {cfg.latent} components on the "
+                        f"training split's stage-1 latents, which needs at least {need} training rows "
+                        f"({MIN_ROWS_PER_COMPONENT} per component); the data has {n_train} (--test-fraction "
+                        f"{cfg.test_fraction:g}{f', --limit {cfg.limit}' if cfg.limit else ''}); use more "
+                        "data" + (f", --latent {n_train // MIN_ROWS_PER_COMPONENT} or less, or --plan "
+                                  "single" if n_train >= MIN_ROWS_PER_COMPONENT else ""))
 
 
 def _choice(cfg: TrainConfig, name: str, allowed) -> None:

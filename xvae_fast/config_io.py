@@ -12,8 +12,14 @@ def load_config_file(path: str) -> Dict[str, Any]:
     """A YAML (.yaml/.yml) or JSON (.json) mapping of option names to values."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
-    with open(path, "r", encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path!r} is not a text file (YAML or JSON, UTF-8): byte "
+                          f"{exc.start} is not UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(f"could not read config file {path!r}: {exc.strerror or exc}") from exc
     try:
         if path.lower().endswith(".json"):
             data = json.loads(text)

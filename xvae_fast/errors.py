@@ -19,6 +19,10 @@ class CheckpointError(XVAEError, RuntimeError):
     """A missing, corrupt or mismatched checkpoint."""
 
 
+class ExportError(CheckpointError):
+    """A missing, corrupt or mismatched model export (config.json + model.safetensors)."""
+
+
 class NonFiniteLossError(XVAEError, FloatingPointError):
     """NaN or inf in the loss (or the weights) during training; the last good checkpoint is kept."""
 
@@ -34,3 +38,8 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(run_dir)
         self.run_dir = run_dir
         self.resumable = resumable
+
+
+class DiskFullError(XVAEError):
+    """No room for a file: a full device or quota, or the file size limit (RLIMIT_FSIZE). What was
+    there before the write is kept (atomic_file.py)."""

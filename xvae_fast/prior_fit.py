@@ -24,6 +24,9 @@ from .errors import ConfigError, DataError
 from .prior import MixturePrior
 
 BACKENDS = ("torch", "sklearn")
+# EM fits a C-component mixture on at least 2 rows per component (the trainer checks this before
+# stage 1: config.check_training_rows)
+MIN_ROWS_PER_COMPONENT = 2
 
 
 @dataclasses.dataclass
@@ -115,9 +118,9 @@ def fit_mixture(latents, n_components: int = None, seed: int = 42, n_init: int =
     x = _as_tensor(latents) if backend == "torch" else _as_numpy(latents)
     n, K = x.shape
     C = K if n_components is None else int(n_components)
-    if n < 2 * C:
-        raise DataError(f"need at least {2 * C} stage-1 latents to fit a {C}-component mixture, got "
-                        f"{n}; use more data or a smaller --latent")
+    if n < MIN_ROWS_PER_COMPONENT * C:
+        raise DataError(f"need at least {MIN_ROWS_PER_COMPONENT * C} stage-1 latents to fit a "
+                        f"{C}-component mixture, got {n}; use more data or a smaller --latent")
     if backend == "torch":
         floor = float(var_floor * max(float(x.var(0, correction=0).mean()), 1e-12))
         fit = em.fit_diag_gmm(x, C, max(floor, 1e-12), n_init=n_init, max_iter=max_iter, tol=tol,

@@ -19,7 +19,8 @@ from .outpaths import check_out_file
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m xvae_fast.sample",
                                 description="Decode samples from a trained run's prior.")
-    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by xvae_fast.train")
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by xvae_fast.train "
+                   "(or an export written by xvae_fast.export)")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--alpha", type=float, default=1.0, help="std scale: <1 fidelity, >1 diversity "
                    "(default 1.0)")
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-noise", action="store_true", help="draw x ~ p(x | z) (add the likelihood's "
                    "noise to the decoded mean; e.g. the learned variance of --likelihood gaussian)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--reference", default=None, metavar="NAME", help="draw from a reference sampler "
+                   "instead of the model: expost (X-VAE's stage-1 autoencoder on its fitted prior), "
+                   "stage1 (Two-Stage VAE, stage 1 on N(0, I)), normal (AVAE, N(0, I))")
     p.add_argument("--nrow", type=int, default=8, help="images per row in a .png grid")
     p.add_argument("--out", required=True, metavar="FILE", help="output .npy or .png")
     return p
@@ -39,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 # streams any --n in bounded memory).
 MAX_GRID_IMAGES = 4096
 MAX_SCATTER_POINTS = 200_000
-BATCH_ELEMENTS = 2 ** 21   # output values decoded at a time: 32768 8x8 digits, 170 CelebA images
+# values any one layer outputs at a time while decoding (8 MB of float32): the batch is sized from
+# the widest layer of the model's decoder, not from the data shape, which for a conv decoder is the
+# smaller (the digits decoder's 32 x 8 x 8 layer is 32 times an 8x8 digit)
+BATCH_ELEMENTS = 2 ** 21
+PROBE_ROWS = (2, 4)        # the two small batches whose layer outputs give each layer's per-row size
 SCATTER_DATA = 5000   # training points drawn faintly beneath a 2-D scatter
 
 
@@ -52,22 +60,55 @@ def check_request(n, alpha, nrow: int = 8) -> None:
         raise ConfigError(f"--nrow must be a positive integer, got {nrow!r}")
 
 
-def batch_rows(shape) -> int:
-    """Rows decoded at a time: large batches for speed (per-call overhead dominates small ones), a
-    fixed number of output values for bounded memory."""
-    return int(min(65536, max(64, BATCH_ELEMENTS // max(1, int(np.prod(shape))))))
+def batch_rows(shape, values_per_row: int = 0) -> int:
+    """Rows decoded at a time: large batches for speed (per-call overhead dominates small ones), at
+    most BATCH_ELEMENTS values in the output or in any layer's output (`values_per_row`: the widest
+    layer's, from `layer_values_per_row`) for bounded memory."""
+    per_row = max(1, int(np.prod(shape)), int(values_per_row))
+    return int(min(65536, max(1, BATCH_ELEMENTS // per_row)))
+
+
+def layer_values_per_row(model, alpha: float = 1.0, routing: Optional[str] = None) -> int:
+    """The most values per generated row that any module of `model` outputs during `generate`:
+    measured on two small batches (a throwaway generator), as the growth of each module call's output
+    from one to the other, so parts that do not grow with the batch (a VampPrior's pseudo-inputs) do
+    not count as per-row."""
+    dev = next(model.parameters()).device
+    calls: List[List[int]] = []
+    hook_sizes: List[int] = []
+
+    def hook(module, inputs, output):
+        outs = output if isinstance(output, (tuple, list)) else (output,)
+        hook_sizes.append(sum(t.numel() for t in outs if isinstance(t, torch.Tensor)))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            for n in PROBE_ROWS:
+                hook_sizes.clear()
+                model.generate(n, alpha, routing, generator=torch.Generator(device=dev).manual_seed(0))
+                calls.append(list(hook_sizes))
+    finally:
+        for h in handles:
+            h.remove()
+    (a, small), (b, large) = zip(PROBE_ROWS, calls)
+    if len(small) != len(large):     # another call sequence per batch size: count every value as per-row
+        return -(-max(large, default=0) // b)
+    return max((-(-(y - x) // (b - a)) for x, y in zip(small, large)), default=0)
 
 
 def sample_batches(run: str, n: int, alpha: float = 1.0, routing: Optional[str] = None, seed: int = 0,
-                   device: str = "cpu", decoder_noise: bool = False, batch: Optional[int] = None):
+                   device: str = "cpu", decoder_noise: bool = False, batch: Optional[int] = None,
+                   reference: Optional[str] = None):
     """(DataInfo, an iterator of CPU float32 sample batches in data units, n rows in all) from a run
     folder: memory is one batch whatever n. One seeded generator serves every batch."""
-    from .training import load_run
+    from .trained import load
     check_request(n, alpha)
-    cfg, info, vae, _ = load_run(run, device)
+    model = load(run, device)                       # a run folder or an export
+    info, vae = model.info, model.sampler(reference)  # the model, or the named reference sampler
     dev = next(vae.parameters()).device
+    batch = batch or batch_rows(info.shape, layer_values_per_row(vae, alpha, routing))
     g = torch.Generator(device=dev).manual_seed(seed)
-    batch = batch or batch_rows(info.shape)
 
     def batches():
         with torch.no_grad():
@@ -148,11 +189,12 @@ def write_samples(x: torch.Tensor, info, path: str, nrow: int = 8, title: str = 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     title = f"{args.n} samples, alpha={args.alpha:g}, {args.routing or 'run routing'}"
+    title += f", {args.reference} reference" if args.reference else ""
     try:
         check_request(args.n, args.alpha, args.nrow)
         check_out(args.out, args.n)
         info, batches = sample_batches(args.run, args.n, args.alpha, args.routing, args.seed, args.device,
-                                       args.decoder_noise)
+                                       args.decoder_noise, reference=args.reference)
         check_out(args.out, args.n, info.kind)
         if args.out.lower().endswith(".npy"):
             shape = write_npy_stream(batches, args.n, info.shape, args.out)

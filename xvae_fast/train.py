@@ -338,11 +338,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"--resume {shlex.quote(exc.run_dir)}", file=sys.stderr)
         else:
             print(f"interrupted before the first checkpoint of {exc.run_dir!r}; nothing to resume: "
-                  "start the run again (with --overwrite)", file=sys.stderr)
+                  "start the run again (with --overwrite, or with --auto-resume, which also continues "
+                  "it after a later interruption)", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("interrupted before training started; nothing was trained", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # a full disk outside the atomic writes (train.log, a figure): one line, not a traceback
+        from .atomic_file import disk_full_error
+        full = disk_full_error(exc)
+        if full is None:
+            raise
+        _say(f"error: {full}")
+        return 2
     if _rank() != 0:            # under torchrun rank 0 reports for the run
         return 0
     if result.status == "stopped":

@@ -145,12 +145,44 @@ def as_labels(labels, n: int, what: str) -> Optional[torch.Tensor]:
     return t.long()
 
 
+# A feature whose spread is below this fraction of its magnitude is constant (float32 resolves ~6e-8)
+CONSTANT_REL = 1e-6
+# training data whose every feature spreads less than this (model units) is as good as constant
+MIN_SPREAD = 1e-6
+
+
 def standardize(train: torch.Tensor, test: torch.Tensor):
-    """Per-feature z-scores with the training split's statistics; returns (train, test, mean, std)."""
+    """Per-feature z-scores with the training split's statistics; returns (train, test, mean, std).
+    A constant feature (std below CONSTANT_REL of its magnitude) keeps std 1; the test is relative,
+    so data on any scale (std 1e-30 included) is standardised."""
     mean = train.mean(dim=0)
     std = train.std(dim=0, unbiased=False)
-    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    std = torch.where(std > CONSTANT_REL * train.abs().amax(dim=0), std, torch.ones_like(std))
     return (train - mean) / std, (test - mean) / std, mean, std
+
+
+def check_variation(x: torch.Tensor, what: str, hint: str = "") -> None:
+    """Refuse training data that is constant: every feature spreads (max - min) less than CONSTANT_REL
+    of its magnitude, or less than MIN_SPREAD in model units. Such data trains to the end with a
+    degenerate prior fit (a KL of ~1e8) instead of failing."""
+    lo = hi = None
+    for s in range(0, x.shape[0], 4096):       # chunks: no float copy of a large uint8 image set
+        c = x[s:s + 4096].reshape(min(4096, x.shape[0] - s), -1)
+        lo = c.amin(0) if lo is None else torch.minimum(lo, c.amin(0))
+        hi = c.amax(0) if hi is None else torch.maximum(hi, c.amax(0))
+    if lo is None:
+        return
+    lo, hi = lo.double(), hi.double()
+    if x.dtype == torch.uint8:
+        lo, hi = lo / 255.0, hi / 255.0
+    spread = hi - lo
+    if bool((spread <= CONSTANT_REL * torch.maximum(lo.abs(), hi.abs())).all()):
+        raise DataError(f"{what} is constant: every feature takes a single value over the "
+                        f"{x.shape[0]} training rows, so there is nothing to learn{hint}")
+    if float(spread.max()) < MIN_SPREAD:
+        raise DataError(f"{what} varies by at most {float(spread.max()):.3g} in any feature over the "
+                        f"{x.shape[0]} training rows: too little for the models to learn (they would fit "
+                        f"a degenerate prior){hint}; rescale the data")
 
 
 def check_finite_array(x: np.ndarray, what: str) -> None:
@@ -174,6 +206,8 @@ def vector_bundle(name: str, x: np.ndarray, test_fraction: float, split_seed: in
     mean = std = None
     if do_standardize:
         train, test, mean, std = standardize(train, test)
+    check_variation(train, f"the training data of {name}",
+                    "" if do_standardize else " (it is not standardised: --standardize rescales it)")
     info = DataInfo(name, "vector", (t.shape[1],), mean, std, dict(extra or {}))
     y_tr, y_te = split_tensor(y, test_fraction, split_seed) if y is not None else (None, None)
     return DataBundle(TensorData(train), TensorData(test), info, y_tr, y_te)
@@ -193,6 +227,7 @@ def image_bundle(name: str, x: torch.Tensor, test_fraction: float, split_seed: i
         y_tr, y_te = y, as_labels(test_labels, test.shape[0], name)
         if y_tr is None or y_te is None:
             y_tr = y_te = None
+    check_variation(train, f"the training images of {name}")
     info = DataInfo(name, "image", tuple(int(s) for s in x.shape[1:]), extra=dict(extra or {}))
     return DataBundle(TensorData(train), TensorData(test), info, y_tr, y_te)
 

@@ -1,5 +1,6 @@
 """Image folders: CelebA (aligned faces) and any folder of images, centre-cropped to a square and
-resized. Small folders are decoded once into memory (uint8); large ones are read lazily."""
+resized. Small folders are decoded once into memory (uint8); large ones are read lazily. 16-bit
+greyscale images are reduced to 8 bits by their high byte (as Pillow reads 16-bit RGB)."""
 from __future__ import annotations
 
 import os
@@ -35,6 +36,7 @@ def load_image(path: str, size: int, channels: int, crop: Optional[int] = None) 
     try:
         with Image.open(path) as im:
             im.load()
+            im = _to_8bit(im, path)
             w, h = im.size
             short = min(w, h)
             if short < size:
@@ -47,9 +49,30 @@ def load_image(path: str, size: int, channels: int, crop: Optional[int] = None) 
             if side != size:
                 im = im.resize((size, size), Image.Resampling.LANCZOS)
             arr = np.asarray(im, dtype=np.uint8)
+    except DataError:
+        raise
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise DataError(f"could not read image {path!r}: {exc}") from exc
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
+
+
+def _to_8bit(im, path: str):
+    """A 16-bit greyscale image (Pillow's I;16 modes; mode I in Pillow < 10, or a 32-bit image whose
+    values are 16-bit) as 8-bit L by its high byte, as Pillow itself reads 16-bit RGB: Pillow's own
+    conversion to L or RGB clips every value above 255, which turns such an image white. 32-bit
+    integer values beyond 16 bits and floating-point pixels have no defined range: refused."""
+    from PIL import Image
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 65535:
+            raise DataError(f"image {path!r} holds 32-bit integer pixels ({lo} to {hi}) beyond the 16-bit "
+                            "range, whose scale is not defined; convert it to an 8- or 16-bit image")
+        return Image.fromarray((a.astype(np.uint32) >> 8).astype(np.uint8))
+    if im.mode == "F":
+        raise DataError(f"image {path!r} holds 32-bit floating-point pixels (mode F), whose scale is not "
+                        "defined; convert it to an 8- or 16-bit image")
+    return im
 
 
 def _fit(short: int) -> int:

@@ -1,25 +1,31 @@
 """The Fréchet distance between two Gaussians fitted to feature sets, and their statistics files.
 
-`frechet_distance` computes what pytorch-fid's `calculate_frechet_distance` computes:
+`frechet_distance` computes pytorch-fid's `calculate_frechet_distance`,
 
-    d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))
+    d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)),
 
-with the same numerical safeguards: when the matrix square root of S1 S2 is not finite, `eps` is
-added to both diagonals and the root is taken again; a complex root is accepted only when the
-imaginary parts of its diagonal are below 1e-3, and then its real part is used. Statistics are the
-feature mean and the unbiased covariance (`np.cov(rowvar=False)`), in float64, as in pytorch-fid,
-and are saved as `.npz` files holding `mu` and `sigma`, the format pytorch-fid reads and writes.
+but takes the trace term through the eigenvalues of the symmetric product S1^(1/2) S2 S1^(1/2)
+(the same eigenvalues as S1 S2; scipy.linalg.eigh) rather than through scipy's `sqrtm` of S1 S2:
+singular or rank-deficient covariances (fewer feature vectors than dimensions, a collapsed model)
+then need no diagonal offset and give no complex roots or LinAlgError, and well-conditioned ones
+agree with the `sqrtm` result to rounding (tested). Inputs that are not covariances (not symmetric
+positive semi-definite, or not finite) are an error, not a number. Statistics are the feature mean and
+the unbiased covariance (`np.cov(rowvar=False)`), in float64, as in pytorch-fid, and are saved as
+`.npz` files holding `mu` and `sigma`, the format pytorch-fid reads and writes.
 """
 from __future__ import annotations
 
 import os
-import warnings
 import zipfile
 from typing import Tuple
 
 import numpy as np
 
 from ..errors import DataError
+
+# eigenvalues below -PSD_TOL * the largest are a matrix that is not a covariance; the ones above are
+# rounding (np.cov's are ~1e-16 relative) and are taken as 0
+PSD_TOL = 1e-6
 
 
 def gaussian_stats(features) -> Tuple[np.ndarray, np.ndarray]:
@@ -32,19 +38,36 @@ def gaussian_stats(features) -> Tuple[np.ndarray, np.ndarray]:
     return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
 
 
-def _sqrtm(a: np.ndarray) -> np.ndarray:
-    from scipy import linalg
-    with warnings.catch_warnings():
-        # scipy warns (or, in old versions, prints) when the product is (nearly) singular; the
-        # non-finite check below handles that case as pytorch-fid does.
-        warnings.simplefilter("ignore")
-        out = linalg.sqrtm(a)
-    return out[0] if isinstance(out, tuple) else out
+def _check_psd(w: np.ndarray, scale: float, what: str) -> None:
+    """`w`: the ascending eigenvalues of a symmetric matrix (divided by `scale`) that must be a
+    covariance."""
+    if w[0] < -PSD_TOL * max(abs(w[-1]), abs(w[0])):
+        raise DataError(f"Fréchet distance: {what} is not a covariance (it has an eigenvalue of "
+                        f"{w[0] * scale:.3g}; a covariance has none below 0)")
+
+
+def _drop_rounding(w: np.ndarray) -> np.ndarray:
+    """Eigenvalues at rounding level (below D * eps * the largest, numpy's matrix_rank tolerance) set
+    to 0: the square root would turn their ~1e-16 into ~1e-8 each, an error that grows with the rank
+    deficiency of the covariances."""
+    tol = w.shape[0] * np.finfo(np.float64).eps * max(abs(w[-1]), abs(w[0]))
+    return np.where(w > tol, w, 0.0)
+
+
+def _check_covariance(sigma: np.ndarray, what: str) -> np.ndarray:
+    """`sigma` made exactly symmetric, after checking that it is finite and symmetric."""
+    if not np.isfinite(sigma).all():
+        raise DataError(f"the Fréchet distance is not defined: {what} contains NaN or inf (e.g. "
+                        "features too large for float64, from degenerate samples)")
+    if np.abs(sigma - sigma.T).max() > PSD_TOL * np.abs(sigma).max():
+        raise DataError(f"Fréchet distance: {what} is not a covariance (it is not symmetric)")
+    return (sigma + sigma.T) / 2
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (pytorch-fid's formula and
-    safeguards; see the module docstring)."""
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (pytorch-fid's formula through the
+    eigenvalues of the symmetric product; see the module docstring). `eps` is pytorch-fid's diagonal
+    offset for singular products, kept in the signature: the eigenvalue route needs none."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, dtype=np.float64)), np.atleast_1d(np.asarray(mu2, dtype=np.float64))
     sigma1 = np.atleast_2d(np.asarray(sigma1, dtype=np.float64))
     sigma2 = np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
@@ -53,20 +76,31 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     if sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0], mu1.shape[0]):
         raise ValueError(f"covariances of shapes {sigma1.shape} and {sigma2.shape} do not match the "
                          f"mean's length {mu1.shape[0]}")
+    for i, mu in ((1, mu1), (2, mu2)):
+        if not np.isfinite(mu).all():
+            raise DataError(f"the Fréchet distance is not defined: mean {i} contains NaN or inf (e.g. "
+                            "features too large for float64, from degenerate samples)")
+    sigma1 = _check_covariance(sigma1, "covariance 1")
+    sigma2 = _check_covariance(sigma2, "covariance 2")
+    # one common scale keeps S1^(1/2) S2 S1^(1/2) in range for covariances near float64's limits;
+    # the trace term scales with it
+    from scipy import linalg
+    scale = max(np.abs(sigma1).max(), np.abs(sigma2).max(), np.finfo(np.float64).tiny)
+    s1, s2 = sigma1 / scale, sigma2 / scale
+    w1, v1 = linalg.eigh(s1)
+    _check_psd(w1, scale, "covariance 1")
+    _check_psd(linalg.eigvalsh(s2), scale, "covariance 2")
+    r1 = (v1 * np.sqrt(_drop_rounding(w1))) @ v1.T      # S1^(1/2), symmetric
+    product = r1 @ s2 @ r1
+    # Tr (S1 S2)^(1/2): the roots of the product's eigenvalues
+    tr_covmean = scale * float(np.sqrt(_drop_rounding(linalg.eigvalsh((product + product.T) / 2))).sum())
     diff = mu1 - mu2
-    covmean = _sqrtm(sigma1.dot(sigma2))
-    if not np.isfinite(covmean).all():
-        warnings.warn(f"Fréchet distance: the product of the covariances is singular; adding {eps} "
-                      "to their diagonals", RuntimeWarning, stacklevel=2)
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = _sqrtm((sigma1 + offset).dot(sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            m = np.max(np.abs(covmean.imag))
-            raise ValueError(f"Fréchet distance: the matrix square root has an imaginary component "
-                             f"{m} (the covariances are not valid)")
-        covmean = covmean.real
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    with np.errstate(over="ignore"):
+        d = float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+    if not np.isfinite(d):
+        raise DataError("the Fréchet distance is not defined: it exceeds float64's range (e.g. "
+                        "features near float64's limit, from degenerate samples)")
+    return d
 
 
 def frechet_distance_from_features(a, b, eps: float = 1e-6) -> float:

@@ -31,7 +31,8 @@ class Protocol:
                                    # pytorch-fid's smaller --dims 64, 192, 768
     is_splits: int = 10            # Inception Score splits
     pr_k: int = 3                  # k of the precision / recall k-NN manifolds
-    eps: float = 1e-6              # Fréchet distance: diagonal offset for singular products
+    eps: float = 1e-6              # pytorch-fid's Fréchet distance offset for singular products: kept
+                                   # in the protocol, unused by the eigenvalue route (frechet.py)
 
     def validate(self) -> "Protocol":
         for name, low in (("n_real", 2), ("n_fake", 2), ("batch_size", 1), ("gen_batch_size", 1),

@@ -88,6 +88,10 @@ def markdown(report: Dict[str, Any]) -> str:
              f"{report['sample_alpha']:g}" + (f", {p['routing']} routing" if report.get("routing_applies")
                                                else "") + f"; device {report['device']}.", "",
              markdown_row(report), ""]
+    from ..training.provenance import provenance_line
+    trained = provenance_line(report.get("training_provenance"))
+    if trained:
+        lines += [f"Trained with: {trained}.", ""]
     m = report["metrics"]
     lines.append("Metrics:")
     if "rec" in m:

@@ -18,6 +18,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..outpaths import check_out_dir
 from .frechet import frechet_distance, gaussian_stats, load_stats, save_stats
+from .precision_recall import MAX_ROWS as PR_MAX_ROWS
 from .protocol import Protocol
 
 DEFAULT_SWEEP = (0.5, 0.75, 1.0, 1.25, 1.5)
@@ -325,6 +326,13 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
         if m < proto.n_real:
             notes.append(f"the {proto.real_split} split has {n_avail} examples, fewer than --n-real "
                          f"{proto.n_real}; all {n_avail} are used")
+        if "pr" in metrics and max(m, proto.n_fake) > PR_MAX_ROWS:
+            # exact k-NN manifolds cost O(N^2) time: a seeded subset keeps them to minutes
+            notes.append(f"precision / recall use a seeded random subset of {PR_MAX_ROWS} vectors of "
+                         f"each set larger than that (--n-fake {proto.n_fake}, {m} real): the time of "
+                         "their exact k-NN manifolds grows as N^2; the pr entries give n_real_used and "
+                         "n_fake_used")
+            log(notes[-1])
         idx = np.sort(np.random.default_rng(proto.seed).permutation(n_avail)[:m])
         x_real = split.get_batch(torch.as_tensor(idx)).float()
 
@@ -497,7 +505,7 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
                 if sp in fd_spaces:
                     r[sp.fd_key] = frechet_distance(*real_stats[sp.key], *gaussian_stats(f), eps=proto.eps)
                 if "pr" in metrics and real_feats.get(sp.key) is not None:
-                    r[f"pr_{sp.key}"] = _pr(real_feats[sp.key], f, proto.pr_k)
+                    r[f"pr_{sp.key}"] = _pr(real_feats[sp.key], f, proto.pr_k, proto.seed, dev)
                 if sp.key == "inception" and "is" in metrics:
                     r["is"] = _is(lg, proto.is_splits)
             if per_alpha[a]:
@@ -572,6 +580,8 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
         "feature_nets": feature_nets, "metrics": results, "sweep": sweep_report,
         "per_alpha": {f"{a:g}": per_alpha[a] for a in alphas}, "notes": notes,
         "untrained_stages": untrained,
+        # how the run was trained (world size, device, threads, precision, versions, revision)
+        "training_provenance": _run_summary(run).get("provenance"),
     }
     report["_grids"] = grids
     if info.kind != "image":
@@ -581,20 +591,26 @@ def evaluate_run(run: str, opts: Optional[EvalOptions] = None) -> Dict[str, Any]
     return report
 
 
-def _untrained_stages(run: str) -> List[str]:
-    """The run's train stages given 0 epochs, from its summary.json (none when it has no summary)."""
+def _run_summary(run: str) -> Dict[str, Any]:
+    """The run's summary.json ({} when it has none, or an unreadable one)."""
     import json
     folder = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
     try:
         with open(os.path.join(folder, "summary.json"), encoding="utf-8") as f:
-            return list(json.load(f).get("untrained_stages") or [])
+            s = json.load(f)
+        return s if isinstance(s, dict) else {}
     except (OSError, ValueError):
-        return []
+        return {}
 
 
-def _pr(real, fake, k):
+def _untrained_stages(run: str) -> List[str]:
+    """The run's train stages given 0 epochs, from its summary.json (none when it has no summary)."""
+    return list(_run_summary(run).get("untrained_stages") or [])
+
+
+def _pr(real, fake, k, seed, device):
     from .precision_recall import precision_recall
-    return precision_recall(real, fake, k)
+    return precision_recall(real, fake, k, max_rows=PR_MAX_ROWS, seed=seed, device=device)
 
 
 def _is(logits, splits):

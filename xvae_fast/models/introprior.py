@@ -365,7 +365,9 @@ class IntroPriorVAE(BaselineVAE):
     def forward(self, x: torch.Tensor, generator=None) -> Dict[str, torch.Tensor]:
         self._check_x(x)
         _, mu, logvar = self.encode(x)
-        z = self.reparameterize(mu, logvar)
+        # the generator's draw when given (repeatable reconstructions); the global RNG otherwise
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + torch.exp(0.5 * logvar) * eps
         return {"xhat": self.decode(z), "z": z, "mu": mu, "logvar": logvar, "logits": None}
 
     # -- stage transitions ----------------------------------------------------------------------------

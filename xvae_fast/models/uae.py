@@ -155,6 +155,7 @@ class UnscentedAE(BaselineVAE):
     """The UAE family (see the module docstring for the variants and the two loss forms)."""
 
     mode = "uae"
+    interpolation = "slerp"      # how codes are interpolated (`interpolate`, xvae_fast.load's model)
     TERMS = ("loss", "recon", "reg", "gp")
     requires_expost_fit = True     # samples come from the mixture `fit_expost` fits after training
 

@@ -115,6 +115,9 @@ class XVAERecipe(ModelRecipe):
 
     # -- reusing another run's stage 1 --------------------------------------------------------------
     def on_new_run(self, trainer) -> None:
+        from ..config import check_training_rows
+        # the prior fit comes after stage 1: too few rows for it are refused before anything trains
+        check_training_rows(self.cfg, len(trainer.data.train))
         source = self.cfg.stage1_from
         if not source:
             return
@@ -152,6 +155,15 @@ class XVAERecipe(ModelRecipe):
         super().load_state(ck, path)
         self.prior_report = ck.get("prior_fit")
         self.stage1_source = ck.get("stage1_source")
+
+    def reference_models(self):
+        """The ex-post reference: the stage-1 autoencoder decoding per-row samples of the fitted prior
+        (models/expost.py; `evaluate` reports it through its own --expost)."""
+        prior = self.modules["vae"].prior
+        if self.modules.get("ae") is None or prior is None:
+            return {}
+        from .expost import ExPostModel
+        return {"expost": ExPostModel(self.modules["ae"], prior, "per-row", self.ops).eval()}
 
     def summary(self) -> Dict[str, Any]:
         ae = self.modules["ae"]

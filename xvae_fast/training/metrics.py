@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..atomic_file import atomic_open
 from ..errors import ConfigError
 
 COLUMNS = ["stage", "epoch", "step", "lr", "train_loss", "train_recon", "train_kl", "train_kl_cat",
@@ -18,20 +19,17 @@ COLUMNS = ["stage", "epoch", "step", "lr", "train_loss", "train_recon", "train_k
 
 
 def write_json(obj, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Atomically (no temporary file is left on an error, a full disk is a one-line DiskFullError)."""
+    with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, default=float)
-    os.replace(tmp, path)
 
 
 def write_metrics(history: List[Dict], run_dir: str) -> None:
-    tmp = os.path.join(run_dir, f"metrics.csv.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(os.path.join(run_dir, "metrics.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in history:
             w.writerow({k: r.get(k, "") for k in COLUMNS})
-    os.replace(tmp, os.path.join(run_dir, "metrics.csv"))
     write_json(history, os.path.join(run_dir, "metrics.json"))
 
 

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
 import sys
 import time
@@ -34,15 +35,21 @@ import torch
 from .. import __version__
 from ..config import RUNTIME_KEYS, TrainConfig, resolve, save_config
 from ..data import DataBundle, DataInfo, describe, load_dataset, parse_dataset_spec
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError, TrainingInterrupted
+from ..atomic_file import disk_full_error, remove_stale_temp_files
+from ..config_io import load_config_file
+from ..errors import (CheckpointError, ConfigError, DiskFullError, NonFiniteLossError, TrainingInterrupted,
+                      XVAEError)
 from ..prior import MixturePrior
 from ..models import Stage, build_recipe, get_ops, ops_name
 from ..outpaths import make_out_dir, remove_created
-from ..progress import progress_bar
+from ..progress import progress_bar, shorten
 from .. import shard as sharding
 from . import checkpoint as ckpt
 from .distributed import World, main_decides
+from .run_lock import LOCK_FILE, RunLock, is_writer_rank
 from .metrics import TensorBoardLogger, table_row, write_json, write_metrics
+from .headline import comparable_headline, next_steps
+from .provenance import provenance
 from .threads import check_load
 from .precision import autocast, native_bf16, resolve_channels_last, resolve_precision, to_channels_last
 
@@ -101,6 +108,84 @@ def _explicit_changes(cfg: TrainConfig, explicit: Optional[Set[str]]) -> Dict[st
     return {k: getattr(cfg, k) for k in keys}
 
 
+# Options a resume may change although they shape the training: the remedies a NaN stop advises. The
+# new values apply from the resumed step on and are recorded (the checkpoint's `changes`, train.log).
+RESUME_CHANGEABLE = ("lr", "grad_clip")
+
+
+def _check_resume_flags(cfg: TrainConfig, run: str, run_dir: str) -> None:
+    """--resume continues a run in its own folder: --overwrite or another --out cannot be honoured."""
+    if cfg.overwrite:
+        raise ConfigError(f"--overwrite and --resume contradict each other: --resume {run} continues "
+                          "that run, --overwrite would replace it; pass only one")
+    if cfg.out and os.path.abspath(cfg.out) != os.path.abspath(run_dir):
+        raise ConfigError(f"--out {cfg.out!r} differs from --resume {run!r}: a resumed run continues in "
+                          f"its own folder; drop --out (or copy the folder to {cfg.out!r} and resume "
+                          "the copy)")
+
+
+def _check_has_checkpoint(run: str) -> None:
+    """A run folder killed before its first checkpoint: say how to start it again."""
+    if not os.path.isdir(run) or os.path.exists(os.path.join(run, ckpt.CHECKPOINT)):
+        return
+    config = os.path.join(run, "config.yaml")
+    if not (os.path.isfile(config) or os.path.isfile(os.path.join(run, "train.log"))):
+        return          # not a run folder: load_checkpoint says so
+    again = (f"python -m xvae_fast.train --config {shlex.quote(config)} --auto-resume"
+             if os.path.isfile(config) else
+             f"the command that started it with --auto-resume (and --out {shlex.quote(run)})")
+    raise CheckpointError(f"run folder {run!r} has no {ckpt.CHECKPOINT}: the run stopped before its first "
+                          f"checkpoint, so there is nothing to resume. Start it again with {again}: "
+                          "--auto-resume starts a folder without a checkpoint and resumes one with it, so "
+                          "the same command also continues the run after a later interruption")
+
+
+def _plain(v: Any) -> Any:
+    """A config value as YAML gives it back (tuples are lists)."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _check_folder_config(run_dir: str, saved: TrainConfig, path: str) -> Optional[str]:
+    """Check a checkpoint against the folder's config.yaml before resuming. A missing or unreadable
+    config.yaml (not YAML, not a valid config) is repaired from the checkpoint: returns why, for the
+    log. A valid config.yaml with other options than the checkpoint is a refusal naming the keys: the
+    checkpoint belongs to another run (RESUME_CHANGEABLE and runtime options aside)."""
+    yaml_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(yaml_path):
+        return "config.yaml was missing"
+    try:
+        recorded = TrainConfig.from_saved(load_config_file(yaml_path))
+        resolve(recorded)
+    except (XVAEError, OSError, ValueError, TypeError) as exc:     # UnicodeDecodeError is a ValueError
+        return f"config.yaml was unreadable ({shorten(str(exc), 160)})"
+    diffs = [f"{k} (config.yaml: {getattr(recorded, k)!r}, checkpoint: {getattr(saved, k)!r})"
+             for k in TrainConfig.field_names()
+             if k not in RUNTIME_KEYS and k not in RESUME_CHANGEABLE
+             and _plain(getattr(recorded, k)) != _plain(getattr(saved, k))]
+    if diffs:
+        raise CheckpointError(
+            f"checkpoint {path!r} does not belong to the run in {run_dir!r}: it was trained with other "
+            f"options than the folder's config.yaml records: {'; '.join(diffs)}. Put the run's own "
+            "checkpoint back, or resume this one in a folder of its own; if config.yaml is the file that "
+            "is wrong, delete it and resume again (it is rewritten from the checkpoint)")
+    return None
+
+
+def _scale_lrs(scheduler, ratio: float) -> None:
+    """Scale a scheduler's base learning rates (inside SchedulerSet / PlateauPerEpoch wrappers too)."""
+    if scheduler is None:
+        return
+    for inner in getattr(scheduler, "schedulers", {}).values():
+        _scale_lrs(inner, ratio)
+    _scale_lrs(getattr(scheduler, "inner", None), ratio)
+    if isinstance(getattr(scheduler, "base_lrs", None), list):
+        scheduler.base_lrs = [b * ratio for b in scheduler.base_lrs]
+
+
 class Trainer:
     """Build with a TrainConfig (flags / file merged); `run()` trains to the end (or to
     --stop-after) and returns a RunResult. `explicit` names the options the user set (for the
@@ -109,6 +194,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, explicit: Optional[Set[str]] = None, verbose: bool = True):
         self.verbose = verbose
         self.resume_ck = None
+        self._lock: Optional[RunLock] = None        # the run folder's one-writer lock (rank 0)
+        self._notes: List[str] = []                 # log lines found before the run folder was set
+        self._config_repair: Optional[str] = None   # why config.yaml is rewritten on resume
+        self._resume_changes: Dict[str, Any] = {}   # --lr / --grad-clip changed on resume: old values
         if cfg.auto_resume and not cfg.resume:
             if cfg.overwrite:
                 raise ConfigError("--auto-resume and --overwrite contradict each other: choose one")
@@ -116,13 +205,17 @@ class Trainer:
                 raise ConfigError("--auto-resume needs --out DIR (the run folder to start or resume)")
             if os.path.exists(os.path.join(cfg.out, ckpt.CHECKPOINT)):
                 cfg = cfg.replace(resume=cfg.out)
-        if cfg.resume:
-            cfg = self._config_for_resume(cfg, explicit)
-        else:
-            cfg = resolve(cfg)
-        self.cfg = cfg
         self._created_dir: Optional[str] = None
-        self.world = World.from_env(cfg.device)     # torchrun's ranks (one process: size 1)
+        try:
+            if cfg.resume:
+                cfg = self._config_for_resume(cfg, explicit)    # locks the folder first
+            else:
+                cfg = resolve(cfg)
+            self.cfg = cfg
+            self.world = World.from_env(cfg.device)     # torchrun's ranks (one process: size 1)
+        except BaseException:
+            self._release_lock()
+            raise
         try:
             self.run_dir = self._prepare_run_dir()
             self._setup()
@@ -132,7 +225,27 @@ class Trainer:
             if hasattr(self, "_threads_before"):
                 torch.set_num_threads(self._threads_before)
             self.world.close()
+            self._release_lock()
             raise
+
+    # -- the run folder's lock ----------------------------------------------------------------------
+    def _lock_run_dir(self, folder: str, advice: str) -> None:
+        """Take the folder's writer lock (the writing rank only; a second training there is refused,
+        naming the holder), then remove the temporary files that killed writes left in it."""
+        if self._lock is not None or not is_writer_rank() or not os.path.isdir(folder):
+            return
+        self._lock = RunLock.acquire(folder, advice)
+        if self._lock.note:
+            self._notes.append(self._lock.note)
+        removed = remove_stale_temp_files(folder)
+        if removed:
+            self._notes.append(f"removed {len(removed)} temporary file(s) that interrupted writes left: "
+                               f"{', '.join(removed)}")
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _setup(self) -> None:
         cfg = self.cfg
@@ -177,17 +290,22 @@ class Trainer:
         self.step = 0           # optimizer steps over both stages
         self.history: List[Dict[str, Any]] = []
         self.running: Dict[str, float] = {}
+        self.changes: List[Dict[str, Any]] = []     # options changed on resume (--lr, --grad-clip)
         self.last_checkpoint_step: Optional[int] = None
         self.t_start = time.time()
+        for note in self._notes:
+            self.log(note)
         if self.resume_ck is not None:
             self._restore(self.resume_ck)
             self.log(f"resumed {self.run_dir} at stage {self.stage}, epoch {self.epoch + 1}, "
                      f"batch {self.batch}, step {self.step}")
+            self._apply_resume_changes()
+            if self._config_repair and self.world.is_main:
+                self._write_config(self._saved_cfg.replace(out=self.run_dir))
+                self.log(f"{self._config_repair}: rewrote it from the checkpoint")
         else:
             if self.world.is_main:
-                save_config(cfg.replace(stop_after=0, overwrite=False, resume=None, config=None,
-                                        auto_resume=False),
-                            os.path.join(self.run_dir, "config.yaml"))
+                self._write_config(cfg)
             self.recipe.on_new_run(self)
         ranks = (f" x {self.world.size} ranks (global batch {cfg.batch_size})"
                  if self.world.distributed else "")
@@ -305,30 +423,53 @@ class Trainer:
 
     def _config_for_resume(self, cfg: TrainConfig, explicit: Optional[Set[str]]) -> TrainConfig:
         run = cfg.resume
+        run_dir = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
+        _check_resume_flags(cfg, run, run_dir)
+        # the lock first: the checkpoint read below is then the last one any training wrote
+        self._lock_run_dir(run_dir, "then resume it")
+        _check_has_checkpoint(run)
         ck = ckpt.load_checkpoint(run)
+        path = ckpt.checkpoint_path(run)
         try:
             saved = TrainConfig.from_saved(ck["config"])
         except ConfigError as exc:
             raise CheckpointError(f"checkpoint in {run!r} has an unreadable config: {exc}") from exc
+        self._config_repair = _check_folder_config(run_dir, saved, path)
         given = _explicit_changes(cfg, explicit)
-        structural = {k: v for k, v in given.items() if k not in RUNTIME_KEYS}
+        changeable = {k: given[k] for k in RESUME_CHANGEABLE if k in given}
+        structural = {k: v for k, v in given.items() if k not in RUNTIME_KEYS and k not in changeable}
         try:
-            candidate = resolve(saved.replace(**structural))
+            candidate = resolve(saved.replace(**structural, **changeable))
         except ConfigError as exc:
             raise CheckpointError(f"cannot resume {run!r} with these options: {exc}") from exc
         diffs = [f"{k} (checkpoint: {getattr(saved, k)!r}, given: {getattr(candidate, k)!r})"
                  for k in TrainConfig.field_names()
-                 if k not in RUNTIME_KEYS and getattr(saved, k) != getattr(candidate, k)]
+                 if k not in RUNTIME_KEYS and k not in RESUME_CHANGEABLE
+                 and getattr(saved, k) != getattr(candidate, k)]
         if diffs:
             raise CheckpointError(f"cannot resume {run!r}: the options differ from the run's saved "
                                   f"config in {'; '.join(diffs)}. Start a new run with --out instead, "
-                                  "or drop these options")
+                                  "or drop these options (on resume only the runtime options and "
+                                  f"{', '.join('--' + k.replace('_', '-') for k in RESUME_CHANGEABLE)} "
+                                  "may change)")
+        changed = {k: getattr(candidate, k) for k in changeable}
+        self._resume_changes = {k: getattr(saved, k) for k, v in changed.items() if v != getattr(saved, k)}
         runtime = {k: v for k, v in given.items()
                    if k in RUNTIME_KEYS and k not in ("out", "config", "resume", "overwrite")}
-        run_dir = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
+        stop = runtime.get("stop_after")
+        if stop and stop < ck["step"] and ck["stage"] not in ("outputs", "done"):
+            raise ConfigError(f"--stop-after {stop}: the run in {run_dir!r} is already at step "
+                              f"{ck['step']}; give a later step, or drop --stop-after to train to the end")
         self.resume_ck = ck
+        self._saved_cfg = saved
         saved = saved.replace(stop_after=0, overwrite=False)  # session controls do not carry over
-        return saved.replace(**runtime, out=run_dir, resume=run)
+        return saved.replace(**runtime, **changed, out=run_dir, resume=run)
+
+    def _write_config(self, cfg: TrainConfig) -> None:
+        """config.yaml: the run's resolved options, less this session's controls (pass it back with
+        --config to repeat the run)."""
+        save_config(cfg.replace(stop_after=0, overwrite=False, resume=None, config=None, auto_resume=False),
+                    os.path.join(self.run_dir, "config.yaml"))
 
     def _prepare_run_dir(self) -> str:
         if self.cfg.resume:
@@ -340,18 +481,23 @@ class Trainer:
     def _make_run_dir(self) -> str:
         cfg = self.cfg
         out = cfg.out or default_run_dir(cfg)
+        # an existing folder: locked before looking at what it holds
+        self._lock_run_dir(out, "or choose another --out")
         existing = os.path.join(out, ckpt.CHECKPOINT)
         if os.path.exists(existing):
             if not cfg.overwrite:
                 raise ConfigError(f"run folder {out!r} already holds a run; continue it with "
                                   f"--resume {out}, or pass --overwrite or another --out")
             for name in os.listdir(out):
+                if name == LOCK_FILE:   # ours now: removing it would let another training in
+                    continue
                 p = os.path.join(out, name)
                 if os.path.isdir(p):
                     shutil.rmtree(p)
                 else:
                     os.unlink(p)
         self._created_dir = make_out_dir(out, "--out")
+        self._lock_run_dir(out, "or choose another --out")     # a folder just created
         return out
 
     def _steps_per_epoch(self) -> int:
@@ -419,6 +565,7 @@ class Trainer:
             "schedulers": {k: (s.state_dict() if s is not None else None) for k, s in self.sched.items()},
             "rng": ckpt.capture_rng(shuffle_state),
             "data_info": self.info.to_dict(), "history": self.history, "running": dict(self.running),
+            "changes": list(self.changes),
         }
         ck.update(self.recipe.state())     # the model's own entries: a fitted prior, frozen codes ...
         return ck
@@ -427,9 +574,37 @@ class Trainer:
         """Rank 0 writes the checkpoint (the ranks hold the same state)."""
         path = os.path.join(self.run_dir, ckpt.CHECKPOINT)
         if self.world.is_main:
-            ckpt.atomic_save(self._checkpoint_dict(), path)
+            try:
+                ckpt.atomic_save(self._checkpoint_dict(), path)
+            except DiskFullError as exc:     # the previous checkpoint is intact (atomic write)
+                kept = (f"the checkpoint of step {self.last_checkpoint_step} is kept: continue with "
+                        f"--resume {self.run_dir} once there is room"
+                        if self.last_checkpoint_step is not None and os.path.exists(path)
+                        else "no checkpoint was written")
+                raise DiskFullError(f"{exc}; {kept}") from exc
         self.last_checkpoint_step = self.step
         return path
+
+    def _apply_resume_changes(self) -> None:
+        """--lr / --grad-clip given on resume (the remedies a NaN stop advises): from this step on, the
+        clip norm is the new one and every learning rate of the run (its optimizers' groups and its
+        schedulers' base rates) is scaled by new / old. Logged and kept in the checkpoint's `changes`."""
+        for key, old in self._resume_changes.items():
+            new = getattr(self.cfg, key)
+            how = ""
+            if key == "lr":
+                ratio = new / old
+                for o in self.opt.values():
+                    for g in o.param_groups:
+                        g["lr"] *= ratio
+                        if "initial_lr" in g:
+                            g["initial_lr"] *= ratio
+                for sched in self.sched.values():
+                    _scale_lrs(sched, ratio)
+                how = f" (every learning rate of the run scaled by {ratio:g})"
+            self.changes.append({"step": self.step, "option": key, "from": old, "to": new})
+            self.log(f"--{key.replace('_', '-')} changed on resume from {old:g} to {new:g} at step "
+                     f"{self.step}{how}")
 
     def _restore(self, ck: Dict[str, Any]) -> None:
         path = ckpt.checkpoint_path(self.cfg.resume)
@@ -454,6 +629,7 @@ class Trainer:
         self.history = list(ck["history"])
         self.running = dict(ck["running"])
         self.epoch_shuffle_state = self._restore_rng(ck["rng"])
+        self.changes = list(ck.get("changes") or [])     # absent in checkpoints before it existed
         self.last_checkpoint_step = self.step
 
     def _load_modules(self, ck: Dict[str, Any], path: str) -> None:
@@ -514,9 +690,20 @@ class Trainer:
                 "last_checkpoint_step": self.last_checkpoint_step}
         msg = (f"non-finite {what} in stage {self._train_index(stage)} ({stage.label}) at "
                f"step {self.step + 1} (epoch {self.epoch + 1}, batch {self.batch + 1}): "
-               f"{', '.join(bad) or what} is NaN/inf [{vals}]; {last}. Try a lower --lr or "
-               "--grad-clip, or check the data for extreme values")
+               f"{', '.join(bad) or what} is NaN/inf [{vals}]; {last}. {self._nonfinite_advice()}")
         return NonFiniteLossError(msg, diag)
+
+    def _nonfinite_advice(self) -> str:
+        """What to do after a NaN stop, as a command that works: a resume may lower --lr and set
+        --grad-clip (RESUME_CHANGEABLE)."""
+        clip = self.cfg.grad_clip / 2 if self.cfg.grad_clip > 0 else 1.0
+        flags = f"--lr {self.cfg.lr / 10:g} --grad-clip {clip:g}"
+        if self.last_checkpoint_step is None:
+            return (f"Start the run again with a lower learning rate or gradient clipping (e.g. {flags} "
+                    "with --overwrite), or check the data for extreme values")
+        return (f"Continue from it with a lower learning rate or gradient clipping: python -m "
+                f"xvae_fast.train --resume {shlex.quote(self.run_dir)} {flags}; or check the data for "
+                "extreme values")
 
     def _stage_step_module(self, stage: Stage) -> torch.nn.Module:
         """DistributedDataParallel over the stage's optimised parameters, its forward the loss."""
@@ -734,6 +921,12 @@ class Trainer:
 
     def run(self) -> RunResult:
         try:
+            stop = self.cfg.stop_after
+            if stop and self.step >= stop and self.stage not in ("outputs", "done"):
+                # a resume with --stop-after at its own step (an earlier one is refused): no step
+                self.log(f"already at step {self.step} (--stop-after {stop}): nothing to train; "
+                         f"continue with --resume {self.run_dir}")
+                raise _Stopped()
             for stage in self.stages:
                 if self.stage != stage.name:
                     continue
@@ -753,8 +946,7 @@ class Trainer:
                 self.stage = "done"
                 self.save_checkpoint()
             elif self.stage == "done":
-                summary = _read_json(os.path.join(self.run_dir, "summary.json"))
-                self.log("this run is already complete")
+                summary = self._complete_outputs()
         except _Stopped:
             return RunResult("stopped", self.run_dir, self.step)
         except NonFiniteLossError as exc:
@@ -766,7 +958,33 @@ class Trainer:
             if self.tb is not None:
                 self.tb.close()
             torch.set_num_threads(self._threads_before)
+            self._release_lock()        # the run writes nothing more (compare trains the next one)
         return RunResult("done", self.run_dir, self.step, summary)
+
+    def _missing_outputs(self) -> List[str]:
+        """The files a finished run wrote that are no longer in its folder (those summary.json lists,
+        the metrics, summary.json itself)."""
+        summary = _read_json(os.path.join(self.run_dir, "summary.json"))
+        names = ["metrics.csv", "metrics.json"]
+        if isinstance(summary, dict):
+            names += [n for n in (summary.get("files") or {}).values() if isinstance(n, str)]
+        else:
+            names.append("summary.json")
+        return [n for n in dict.fromkeys(names) if not os.path.isfile(os.path.join(self.run_dir, n))]
+
+    def _complete_outputs(self) -> Optional[Dict[str, Any]]:
+        """--resume of a finished run: its summary, after writing again whatever output was deleted
+        (the same files: the outputs draw from fixed seeds)."""
+        missing = self._missing_outputs()
+        if not missing:
+            self.log("this run is already complete")
+            return _read_json(os.path.join(self.run_dir, "summary.json"))
+        self.log(f"this run is already complete, but {', '.join(missing)} "
+                 f"{'is' if len(missing) == 1 else 'are'} missing: writing its outputs again")
+        if not self.world.is_main:
+            return None
+        write_metrics(self.history, self.run_dir)
+        return self.finish()
 
     def _fit_stage(self, stage: Stage) -> None:
         """A fit stage runs on rank 0; every rank then takes its modules, the recipe's state (the
@@ -783,7 +1001,8 @@ class Trainer:
             self._restore_rng(shared["rng"])
 
     def close(self) -> None:
-        """Leave the process group this trainer joined (torchrun)."""
+        """Leave the process group this trainer joined (torchrun) and the run folder's lock."""
+        self._release_lock()
         self.world.close()
 
     def _stage_objectives(self, stage: Stage) -> Dict[str, Any]:
@@ -832,11 +1051,27 @@ class Trainer:
             t_out = time.time()
             summary.update(write_outputs(self))
             summary["outputs_seconds"] = round(time.time() - t_out, 2)
+        # a number comparable across models, beside the objective in its own units
+        summary["headline"] = comparable_headline(self.info, self.data.test, gen, self._expost_model(),
+                                                  cfg.alpha, self._primary_routing(), cfg.seed, self.device)
+        summary["provenance"] = provenance(self.world, self.device, self.precision, self.channels_last)
         summary["seconds"] = round(time.time() - self.t_start, 2)
         write_json(summary, os.path.join(self.run_dir, "summary.json"))
         self.log(table_row(summary))
-        self.log(f"run folder: {self.run_dir}")
+        for line in next_steps(summary, self.run_dir):
+            self.log(line)
         return summary
+
+    def _primary_routing(self) -> str:
+        return getattr(self.vae, "routing", None) or "per-row"
+
+    def _expost_model(self):
+        """X-VAE's ex-post reference: the stage-1 autoencoder decoding the fitted prior (None for
+        models without one)."""
+        if self.ae is None or getattr(self.vae, "prior", None) is None:
+            return None
+        from ..models import ExPostModel
+        return ExPostModel(self.ae, self.vae.prior, "per-row", self.vae.ops)
 
 
 _MODULE_WHAT = {"ae": "autoencoder", "vae": "VAE"}
@@ -886,14 +1121,25 @@ def _read_json(path: str):
 def train(cfg: TrainConfig, explicit: Optional[Set[str]] = None, verbose: bool = True) -> RunResult:
     """Train (or resume, with cfg.resume) and return the RunResult. Ctrl-C raises TrainingInterrupted
     (a KeyboardInterrupt) naming the run folder; the last checkpoint is kept."""
-    trainer = Trainer(cfg, explicit=explicit, verbose=verbose)
+    trainer = None
     try:
+        trainer = Trainer(cfg, explicit=explicit, verbose=verbose)
         return trainer.run()
     except KeyboardInterrupt as exc:
+        if trainer is None:
+            raise
         resumable = os.path.isfile(os.path.join(trainer.run_dir, ckpt.CHECKPOINT))
         raise TrainingInterrupted(trainer.run_dir, resumable) from exc
+    except Exception as exc:
+        # a full disk in a plain write (train.log, a figure): a DiskFullError naming the run folder
+        folder = trainer.run_dir if trainer is not None else cfg.out or cfg.resume
+        full = disk_full_error(exc, folder=folder)
+        if full is None or full is exc:
+            raise
+        raise full from exc
     finally:
-        trainer.close()
+        if trainer is not None:
+            trainer.close()
 
 
 def load_recipe(run_dir: str, device: str = "cpu"):
