@@ -341,6 +341,13 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(base, tmp_path):
         f"error: cannot write 's.npy' in {str(out)!r}: the file size limit (ulimit -f) is reached "
         "(needs more than the 97.7 KB written)"], r.stderr[-3000:]
     assert os.listdir(out) == []
+    # the .png grid too: one line, and no half-written picture left
+    r = _capped(2_000, "xvae_fast.sample", "--run", base["done"], "--n", "64", "--out", out / "s.png")
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: cannot write 's.png' in {str(out)!r}: the file size limit (ulimit -f) is reached"), lines
+    assert os.listdir(out) == []
 
 
 # -- 15. the NaN stop's advice works ------------------------------------------------------------------

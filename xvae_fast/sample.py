@@ -4,6 +4,7 @@ vectors); FILE.png an image grid, or a scatter plot for vector data (first two f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import List, Optional, Tuple
@@ -11,7 +12,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from .atomic_file import atomic_open
+from .atomic_file import atomic_open, disk_full_error
 from .errors import ConfigError, XVAEError
 from .outpaths import check_out_file
 
@@ -176,14 +177,22 @@ def write_samples(x: torch.Tensor, info, path: str, nrow: int = 8, title: str = 
     """An in-memory batch to .npy or .png (the image grid, or for vectors a scatter over the faint
     `reference` points)."""
     check_out_file(path, "--out", (".npy", ".png"))
-    if path.lower().endswith(".npy"):
-        np.save(path, x.numpy())
-        return
     from .training.plots import save_image_grid, save_scatter
-    if info.kind == "image":
-        save_image_grid(x, path, nrow=nrow, title=title)
-    else:
-        save_scatter([x.numpy()], ["samples"], path, title=title, reference=reference)
+    try:
+        if path.lower().endswith(".npy"):
+            np.save(path, x.numpy())
+        elif info.kind == "image":
+            save_image_grid(x, path, nrow=nrow, title=title)
+        else:
+            save_scatter([x.numpy()], ["samples"], path, title=title, reference=reference)
+    except OSError as exc:
+        # a half-written file is no picture: remove it; a full disk is one line naming the file
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        full = disk_full_error(exc, path)
+        if full is not None:
+            raise full from None
+        raise
 
 
 def main(argv: Optional[List[str]] = None) -> int:
