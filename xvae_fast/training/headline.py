@@ -6,8 +6,8 @@ which model generates better. Every model can sample, so the headline is a sampl
 FD-data, the Fréchet distance between Gaussians fitted to 1,000 samples of the run's own sampler
 (its --alpha and --routing) and to 1,000 test examples (a fixed seeded subset), in the data's own
 space: pixels for images (average-pooled to at most 1,024 values per image, so the covariance stays
-cheap), the vectors themselves otherwise. It needs no trained feature network, so it costs about a
-second and means the same in every run of one dataset; `evaluate`'s FD-LeNet (a classifier's
+cheap), the vectors themselves otherwise. It needs no trained feature network, so it costs seconds
+(about 3 per sampler on MNIST) and means the same in every run of one dataset; `evaluate`'s FD-LeNet (a classifier's
 features) is the better metric and the one the paper's tables use. X-VAE runs also give the number
 of their ex-post reference (the stage-1 autoencoder decoding the same prior), the row stage 2 must
 beat."""
