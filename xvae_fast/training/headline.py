@@ -73,8 +73,9 @@ def comparable_headline(info, data_test, vae, expost, alpha: float, routing: Opt
     idx = real_subset(data_test)
     real_x = info.to_data_space(data_test.get_batch(idx))
     real = pooled(real_x)
-    was = vae.training
-    vae.eval()
+    modes = [(m, m.training) for m in (vae, expost) if m is not None]
+    for m, _ in modes:       # BatchNorm layers (Two-Stage, UAE) must sample with their running stats
+        m.eval()
     try:
         fake = pooled(info.to_data_space(_generate(vae, N_HEADLINE, alpha, routing, seed + SEED_OFFSET,
                                                    device)))
@@ -88,7 +89,8 @@ def comparable_headline(info, data_test, vae, expost, alpha: float, routing: Opt
                                                          seed + SEED_OFFSET, device)))
             out["expost"] = _fd(real, fake_e)
     finally:
-        vae.train(was)
+        for m, was in modes:
+            m.train(was)
     return out
 
 
@@ -113,12 +115,9 @@ def next_steps(summary: Dict[str, Any], run_dir: str) -> list:
     h = headline_line(summary.get("headline"))
     if h:
         lines.append(h)
-    files = summary.get("files") or {}
-    pictures = [files[k] for k in ("samples_per-row", "samples_per-coordinate", "samples_expost",
-                                   "reconstructions", "curves") if k in files]
-    primary = next((v for k, v in files.items() if v == "samples.png"), None)
-    if primary:
-        pictures = [primary] + [p for p in pictures if p != primary]
+    pictures = [f for f in (summary.get("files") or {}).values() if f.endswith(".png")]
+    # samples.png first, then the other sample grids, then the rest as written (a stable sort)
+    pictures.sort(key=lambda f: (f != "samples.png", not f.startswith("samples")))
     if pictures:
         lines.append(f"look at: {', '.join(pictures)} in {run_dir}")
     q = shlex.quote(run_dir)

@@ -48,13 +48,11 @@ def write_outputs(tr) -> Dict[str, Any]:
     files["curves"] = "curves.png"
 
     mixture = getattr(vae, "mode", None) == "mixture"
-    primary = getattr(vae, "routing", None) or "per-row"
+    primary = tr.primary_routing()
     routings = [primary] + ([r for r in ("per-row", "per-coordinate") if r != primary] if mixture else [])
     sample_sets = list(routings)      # routings, then the ex-post reference of an X-VAE run
-    expost = None
-    if ae is not None and getattr(vae, "prior", None) is not None:
-        from ..models import ExPostModel
-        expost = ExPostModel(ae, vae.prior, "per-row", vae.ops)
+    expost = tr.expost_model()
+    if expost is not None:
         sample_sets.append("expost")
 
     def file_name(key):

@@ -31,9 +31,6 @@ def source_revision() -> Optional[str]:
 
 def provenance(world, device: torch.device, precision: str, channels_last: bool) -> Dict[str, Any]:
     from .. import __version__
-    devices = [str(device)]
-    if world.distributed:
-        devices = [f"{world.size} ranks on {device.type}"]
     name = None
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -42,7 +39,7 @@ def provenance(world, device: torch.device, precision: str, channels_last: bool)
         import torch.distributed as dist
         backend = dist.get_backend() if dist.is_initialized() else None
     return {
-        "world_size": world.size, "backend": backend, "device": str(device), "devices": devices,
+        "world_size": world.size, "backend": backend, "device": str(device),
         "device_name": name, "threads": torch.get_num_threads(), "precision": precision,
         "channels_last": channels_last, "torch": torch.__version__, "xvae_fast": __version__,
         "source_revision": source_revision(), "python": platform.python_version(),

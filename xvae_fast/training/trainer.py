@@ -1052,8 +1052,8 @@ class Trainer:
             summary.update(write_outputs(self))
             summary["outputs_seconds"] = round(time.time() - t_out, 2)
         # a number comparable across models, beside the objective in its own units
-        summary["headline"] = comparable_headline(self.info, self.data.test, gen, self._expost_model(),
-                                                  cfg.alpha, self._primary_routing(), cfg.seed, self.device)
+        summary["headline"] = comparable_headline(self.info, self.data.test, gen, self.expost_model(),
+                                                  cfg.alpha, self.primary_routing(), cfg.seed, self.device)
         summary["provenance"] = provenance(self.world, self.device, self.precision, self.channels_last)
         summary["seconds"] = round(time.time() - self.t_start, 2)
         write_json(summary, os.path.join(self.run_dir, "summary.json"))
@@ -1062,16 +1062,14 @@ class Trainer:
             self.log(line)
         return summary
 
-    def _primary_routing(self) -> str:
+    def primary_routing(self) -> str:
+        """The routing of the run's own samples (samples.png, the headline)."""
         return getattr(self.vae, "routing", None) or "per-row"
 
-    def _expost_model(self):
-        """X-VAE's ex-post reference: the stage-1 autoencoder decoding the fitted prior (None for
-        models without one)."""
-        if self.ae is None or getattr(self.vae, "prior", None) is None:
-            return None
-        from ..models import ExPostModel
-        return ExPostModel(self.ae, self.vae.prior, "per-row", self.vae.ops)
+    def expost_model(self):
+        """X-VAE's ex-post reference (the recipe's `expost` reference sampler), None for models
+        without one."""
+        return self.recipe.reference_models().get("expost")
 
 
 _MODULE_WHAT = {"ae": "autoencoder", "vae": "VAE"}
