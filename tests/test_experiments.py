@@ -66,3 +66,40 @@ def test_setups_change_one_choice_from_the_defaults():
                 assert len(flags) == 2, name          # one flag and its value
     assert "lik-bernoulli" not in setups_for("digits")   # the default likelihood has no lik- row
     assert aggregate({}, ["default"]) == []
+
+
+def test_mnist_sweep_runs_on_a_slice_and_refuses_its_own_dataset_flag(tmp_path, monkeypatch, mnist_dir):
+    monkeypatch.setenv("XVAE_FAST_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "mnist"
+    r = cli("xvae_fast.experiments.mnist", "--data", mnist_dir, "--out", out, "--seeds", "1", "--setups",
+            "kl-weight-0.5,vae", "--quiet", *TINY, "--latent", "4", timeout=900)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["records"]) == {"1/kl-weight-0.5", "1/vae"}
+    rows = {row["setup"]: row for row in res["rows"]}
+    assert set(rows) == {"kl-weight-0.5", "vae", "expost (bernoulli)"}
+    cfg = json.loads((out / "seed1" / "kl-weight-0.5" / "summary.json").read_text())
+    assert cfg["dataset"] == f"mnist:{mnist_dir}" and cfg["kl_weight"] == 0.5
+    assert "FD-LeNet" in (out / "results.md").read_text()
+    bad = cli("xvae_fast.experiments.mnist", "--data", mnist_dir, "--out", out, "--dataset", "digits")
+    assert bad.returncode == 2 and "--data" in bad.stderr
+
+
+def test_stage2_trace_follows_stage_2_from_its_autoencoder_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("XVAE_FAST_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "trace"
+    r = cli("xvae_fast.experiments.stage2_trace", "--out", out, "--epochs", "0,2", "--",
+            "--limit", "300", "--latent", "4", "--epochs-ae", "2", "--epochs-vae", "2", "--em-n-init", "1",
+            "--batch-size", "32", timeout=900)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((out / "trace.json").read_text())["rows"]
+    assert [row["epoch"] for row in rows] == [0, 2]
+    # --stage2-init ae: every posterior starts as wide as a prior component, then stage 2 moves them
+    assert abs(rows[0]["post_var_ratio"] - 1) < 1e-4 and abs(rows[1]["post_var_ratio"] - 1) > 1e-3
+    assert rows[0]["fd_expost"] == rows[1]["fd_expost"] > 0
+    for row in rows:
+        assert all(row[k] > 0 for k in ("fd_recon_mean", "fd_samples", "fd_refit", "latent_fd_draws"))
+    assert (out / "trace.md").read_text().count("\n| ") == 3
+    for argv, msg in ((["--", "--model", "vae"], "mixture X-VAE"), (["--epochs", "a", "--"], "--epochs")):
+        bad = cli("xvae_fast.experiments.stage2_trace", "--out", out, *argv)
+        assert bad.returncode == 2 and msg in bad.stderr, bad.stderr

@@ -30,14 +30,21 @@ LEARNED_PRIOR_MODELS = tuple(n for n, r in RECIPES.items() if r.learned_prior)
 STAGE2_INITS = ("ae", "random")
 VECTOR_KINDS = ("clusters",) + TOY2D_KINDS      # data kinds that are vectors (npy may be either)
 METHOD_PRESETS = ("default", "paper")
+# X-VAE's stage-2 KL weight under --preset default (docs/choosing-defaults.md, "Stage 2 against its
+# ex-post reference")
+DEFAULT_KL_WEIGHT = 0.25
 # The stage-2 method choices (SPEC Revision 2). `paper` is the paper read literally (Eq. 18, plan
 # `full`, a randomly initialised stage 2, Eq. 20's per-coordinate generation, squared error); `default`
 # is the library's, chosen by the measurements in docs/choosing-defaults.md.
 METHOD_CHOICES = {
     "paper": dict(plan="full", kl="paper", stage2_init="random", routing="per-coordinate",
-                  likelihood="mse"),
-    "default": dict(plan="matched", kl="tight", stage2_init="ae", routing="per-row", likelihood=None),
+                  likelihood="mse", kl_weight=1.0),
+    "default": dict(plan="matched", kl="tight", stage2_init="ae", routing="per-row", likelihood=None,
+                    kl_weight=DEFAULT_KL_WEIGHT),
 }
+# The models whose loss is the likelihood plus a weighted KL (models/vae.py): --kl-weight applies to
+# them; --preset sets X-VAE's, the standard VAE keeps the ELBO (1) unless the flag is given.
+KL_WEIGHT_MODELS = ("xvae", "vae")
 # --preset default's likelihood per data kind (docs/choosing-defaults.md)
 DEFAULT_LIKELIHOOD = {"digits": "bernoulli", "mnist": "bernoulli", "celeba": "gaussian",
                       "images": "gaussian", "clusters": "gaussian", "npy": "gaussian",
@@ -87,6 +94,7 @@ class TrainConfig:
     kl: Optional[str] = None                 # xvae mixture plans: paper | tight | mixture
     stage2_init: Optional[str] = None        # xvae: ae | random
     routing: Optional[str] = None            # xvae mixture plans: per-row | per-coordinate (generation)
+    kl_weight: Optional[float] = None        # xvae, vae: beta, the KL's weight in the trained loss
     likelihood: Optional[str] = None         # every model: mse | bernoulli | gaussian
     gamma_min: float = 0.0                   # gaussian likelihood: floor of the learned variance
     image_output: Optional[str] = None       # mse / gaussian on images: linear | sigmoid pixel mean
@@ -221,6 +229,8 @@ class TrainConfig:
         if isinstance(d, dict):
             d = _renamed(d)
             d = {**{k: v for k, v in LEGACY_VALUES.items() if k not in d}, **d}
+            if "kl_weight" not in d and d.get("model", "xvae") in KL_WEIGHT_MODELS:
+                d["kl_weight"] = 1.0      # runs before --kl-weight trained the ELBO
             if "image_output" not in d and d.get("likelihood") in ("mse", "gaussian") \
                     and parse_dataset_spec(d.get("dataset", "digits")).kind not in VECTOR_KINDS:
                 d["image_output"] = "sigmoid"     # what mse / gaussian image runs used before the option
@@ -390,6 +400,11 @@ def _resolve_method(cfg: TrainConfig, kind: str) -> TrainConfig:
     recipe = get_recipe(cfg.model) if cfg.model in RECIPES else None
     if recipe is not None and recipe.likelihoods is not None:
         choices["likelihood"] = recipe.likelihoods[0]   # the model's own likelihood, whatever the preset
+    if cfg.model != "xvae":
+        choices["kl_weight"] = 1.0 if cfg.model in KL_WEIGHT_MODELS else None
+    if cfg.kl_weight is not None and cfg.model not in KL_WEIGHT_MODELS:
+        raise ConfigError(f"--kl-weight weights the KL of --model {' or '.join(KL_WEIGHT_MODELS)}; "
+                          f"--model {cfg.model} does not use it")
     changes = {k: v for k, v in choices.items() if getattr(cfg, k) is None}
     cfg = cfg.replace(**changes)
     _choice(cfg, "likelihood", LIKELIHOODS)
@@ -403,6 +418,9 @@ def _resolve_method(cfg: TrainConfig, kind: str) -> TrainConfig:
     if g > 0 and cfg.likelihood != "gaussian":
         raise ConfigError(f"--gamma-min floors the learned variance of --likelihood gaussian; this run "
                           f"uses --likelihood {cfg.likelihood}")
+    w = cfg.kl_weight
+    if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < float("inf")):
+        raise ConfigError(f"--kl-weight must be a positive number (1: the ELBO), got {w!r}")
     xvae = cfg.model == "xvae"
     mixture = xvae and cfg.plan != "single"
     if xvae:
@@ -411,7 +429,8 @@ def _resolve_method(cfg: TrainConfig, kind: str) -> TrainConfig:
         _choice(cfg, "kl", KL_OBJECTIVES)
         _choice(cfg, "routing", ROUTINGS)
     return cfg.replace(kl=cfg.kl if mixture else None, routing=cfg.routing if mixture else None,
-                       stage2_init=cfg.stage2_init if xvae else None)
+                       stage2_init=cfg.stage2_init if xvae else None,
+                       kl_weight=float(w) if w is not None else None)
 
 
 def _resolve_image_output(cfg: TrainConfig, kind: str) -> TrainConfig:

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kl", choices=["paper", "tight", "mixture"], help="X-VAE mixture KL: paper (Eq. 18, "
                    "batch pi_q), tight (Lemma 1 at the optimal per-row weights, no logits head), mixture "
                    "(Lemma 1 with the encoder's per-row weights)")
+    g.add_argument("--kl-weight", type=float, metavar="BETA", help="xvae, vae: the KL's weight in the "
+                   "trained loss (1: the ELBO; the reported objective is always the ELBO; default: X-VAE "
+                   "per --preset, the standard VAE 1)")
     g.add_argument("--stage2-init", choices=["ae", "random"], help="X-VAE stage 2: start from the stage-1 "
                    "autoencoder's encoder and decoder (ae) or from random weights (random, the paper)")
     g.add_argument("--routing", choices=["per-row", "per-coordinate"], help="X-VAE generation: one prior "

@@ -28,13 +28,14 @@ from ..errors import ConfigError, XVAEError
 
 from ..functional import ROUTINGS
 DEFAULT_SEEDS = (42, 43, 44)
+KL_WEIGHTS = ("1", "0.5", "0.25", "0.1", "0.05")
 
 
 def setups_for(data: str) -> Dict[str, Tuple[str, List[str]]]:
     """{name: (what it is, train flags)} for the bundled dataset `data`."""
     from ..config import DEFAULT_LIKELIHOOD
     default = DEFAULT_LIKELIHOOD[data]
-    lik = [n for n in {"digits": ["mse", "gaussian", "bernoulli"], "clusters": ["mse", "gaussian"]}[data]
+    lik = [n for n in {"digits": ["mse", "gaussian", "bernoulli"], "clusters": ["mse", "gaussian"]}.get(data, [])
            if n != default]
     s: Dict[str, Tuple[str, List[str]]] = {
         "default": ("X-VAE, library defaults", []),
@@ -52,6 +53,10 @@ def setups_for(data: str) -> Dict[str, Tuple[str, List[str]]]:
         "plan-split-1/3": ("defaults, but plan split-1/3", ["--plan", "split-1/3"]),
         "single": ("defaults, but the single-Gaussian X-VAE", ["--plan", "single"]),
     }
+    # stage 2's KL weight (issue 28: at the ELBO, stage 2 blurs the autoencoder it starts from)
+    for w in KL_WEIGHTS:
+        s[f"kl-weight-{w}"] = (f"defaults, but --kl-weight {w}", ["--kl-weight", w])
+    s["vae-kl-weight-0.25"] = ("standard VAE, --kl-weight 0.25", ["--model", "vae", "--kl-weight", "0.25"])
     for name in lik:
         s[f"lik-{name}"] = (f"defaults, but --likelihood {name}", ["--likelihood", name])
         s[f"vae-{name}"] = (f"standard VAE, --likelihood {name}", ["--model", "vae", "--likelihood", name])
@@ -82,8 +87,10 @@ def _eval(run_dir: str, model: str, routing: Optional[str], noise: bool = False,
 
 def run_sweep(data: str, out: str, seeds: Sequence[int], setups: Sequence[str],
               extra: Sequence[str] = (), overwrite: bool = False, verbose: bool = True,
-              train: bool = True, eval_settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Train (or reuse) and evaluate every (seed, setup); returns the raw per-seed records."""
+              train: bool = True, eval_settings: Optional[Dict[str, Any]] = None,
+              dataset: Optional[str] = None) -> Dict[str, Any]:
+    """Train (or reuse) and evaluate every (seed, setup); returns the raw per-seed records. `dataset`
+    is the --dataset spec when it is not `data` itself (mnist:DIR)."""
     from ..train import parse_config
     from ..training.runs import train_or_reuse
     table = setups_for(data)
@@ -96,7 +103,7 @@ def run_sweep(data: str, out: str, seeds: Sequence[int], setups: Sequence[str],
         stage1: Dict[str, str] = {}    # likelihood -> the run that trained this seed's stage 1
         for setup in setups:
             run_dir = _run_dir(out, seed, setup)
-            argv = (["--dataset", data, "--seed", str(seed), "--out", run_dir, "--no-progress"]
+            argv = (["--dataset", dataset or data, "--seed", str(seed), "--out", run_dir, "--no-progress"]
                     + list(table[setup][1]) + list(extra))
             cfg, explicit = parse_config(argv)
             from ..config import resolve
@@ -198,7 +205,7 @@ def to_markdown(rows: List[Dict[str, Any]], data: str, setups_table) -> str:
                       _ms(pr.get("min_mode_share", [])), _ms(pn.get("fd_samples", [])),
                       _ms(pn.get("recall", [])), _ms(pn.get("in_modes", []))]
         lines.append("| " + " | ".join(cells) + " |")
-    fd = "FD-LeNet" if data == "digits" else "FD-MLP"
+    fd = "FD-LeNet" if data in ("digits", "mnist") else "FD-MLP"
     seeds = sorted({s for r in rows for s in r["seeds"]})
     notes = ["", f"Mean ± std over seeds {', '.join(map(str, seeds))}. Test objective: the run's negative "
              "ELBO per example in its likelihood's units (bernoulli and gaussian: nats; mse: squared "
@@ -287,7 +294,15 @@ def main_for(data: str, argv: Optional[List[str]] = None, doc: str = "") -> int:
     p.add_argument("--classifier-steps", type=int, default=None, metavar="N",
                    help="training steps of the offline feature classifier (default: its recipe)")
     p.add_argument("--quiet", action="store_true")
+    if data == "mnist":
+        p.add_argument("--data", default="data/mnist", metavar="DIR", help="the MNIST IDX files "
+                       "(default data/mnist)")
     args, extra = p.parse_known_args(argv)
+    dataset = f"mnist:{args.data}" if data == "mnist" else None
+    if "--dataset" in extra:
+        print("error: the runner sets --dataset" + (" (use --data DIR)" if dataset else ""),
+              file=sys.stderr)
+        return 2
     try:
         seeds = [args.seed] if args.seed is not None else [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -304,7 +319,8 @@ def main_for(data: str, argv: Optional[List[str]] = None, doc: str = "") -> int:
         os.makedirs(args.out, exist_ok=True)
         records = run_sweep(data, args.out, seeds, setups, extra, args.overwrite, not args.quiet,
                             train=not args.report_only,
-                            eval_settings=dict(n_fake=args.n_fake, classifier_steps=args.classifier_steps))
+                            eval_settings=dict(n_fake=args.n_fake, classifier_steps=args.classifier_steps),
+                            dataset=dataset)
         rows = aggregate(records, setups)
         md = to_markdown(rows, data, table)
         write_results(args.out, {"data": data, "seeds": seeds, "setups": {k: table[k] for k in setups},

@@ -42,8 +42,10 @@ class VAE(nn.Module):
     def __init__(self, kind: str, shape: Sequence[int], latent: int, mode: str,
                  plan: Optional[Plan] = None, hidden: Sequence[int] = (128, 128), ops=None,
                  kl: str = "paper", likelihood: Optional[Likelihood] = None,
-                 routing: str = "per-coordinate"):
+                 routing: str = "per-coordinate", kl_weight: float = 1.0):
         super().__init__()
+        if not 0 < kl_weight < float("inf"):
+            raise ValueError(f"kl_weight must be positive, got {kl_weight!r}")
         if mode not in MODES:
             raise ValueError(f"VAE mode must be one of {MODES}, got {mode!r}")
         if mode == "mixture":
@@ -58,6 +60,7 @@ class VAE(nn.Module):
         self.kind, self.shape, self.latent, self.mode, self.plan = kind, tuple(shape), latent, mode, plan
         self.kl = kl if mode == "mixture" else None
         self.routing = routing
+        self.kl_weight = float(kl_weight)
         self.ops = ops if ops is not None else get_ops()
         self.body = build_body(kind, shape, hidden)
         f = self.body.features
@@ -172,7 +175,11 @@ class VAE(nn.Module):
         kl, kl_cat, kl_gauss = global_term(kl), global_term(kl_cat), global_term(kl_gauss)
         z = local_rows(self.latent_code(mu, logvar, pi_q, generator))
         recon = self.likelihood.nll(self.decoder(z), x)
-        return {"loss": recon + kl, "recon": recon, "kl": kl, "kl_cat": kl_cat, "kl_gauss": kl_gauss}
+        out = {"loss": recon + kl, "recon": recon, "kl": kl, "kl_cat": kl_cat, "kl_gauss": kl_gauss}
+        if self.kl_weight != 1.0:
+            # beta-weighted training loss; "loss" stays the negative ELBO that every run reports
+            out["objective"] = recon + self.kl_weight * kl
+        return out
 
     @torch.no_grad()
     def generate(self, n: int, alpha: float = 1.0, routing: Optional[str] = None,
@@ -196,4 +203,5 @@ class StandardVAERecipe(ModelRecipe):
     def build(self):
         i, c = self.info, self.cfg
         return {"ae": None, "vae": VAE(i.kind, i.shape, c.latent, "standard", None, hidden=self.hidden,
+                                       kl_weight=c.kl_weight if c.kl_weight is not None else 1.0,
                                        ops=self.ops, likelihood=self.likelihood(), routing="per-row")}

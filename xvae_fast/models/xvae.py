@@ -72,6 +72,7 @@ class XVAERecipe(ModelRecipe):
         else:
             mode, plan = "mixture", c.build_plan()
         vae = VAE(i.kind, i.shape, c.latent, mode, plan, kl=c.kl or "paper", routing=c.routing or "per-row",
+                  kl_weight=c.kl_weight if c.kl_weight is not None else 1.0,
                   hidden=self.hidden, ops=self.ops, likelihood=self.likelihood())
         return {"ae": ae, "vae": vae}
 

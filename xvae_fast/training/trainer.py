@@ -734,10 +734,12 @@ class Trainer:
         if shard is not None:     # each rank's batch means, weighted by its rows: the global means
             vec = self.world.sum_(vec * (shard.rows / shard.total))
         opt.zero_grad(set_to_none=True)
+        # the trained loss: a model's "objective" where it differs from the reported "loss" (a KL weight)
+        trained = terms.get("objective", terms["loss"])
         if shard is None:
-            terms["loss"].backward()
+            trained.backward()
         else:   # DDP averages the ranks' gradients: N b / B makes that the global batch mean's
-            (terms["loss"] * shard.loss_scale).backward()
+            (trained * shard.loss_scale).backward()
         params = [p for g in opt.param_groups for p in g["params"]]
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
@@ -1026,7 +1028,7 @@ class Trainer:
         summary: Dict[str, Any] = {
             "model": cfg.model, "plan": cfg.plan_name, "model_name": self.model_name,
             "preset": cfg.preset, "kl_objective": cfg.kl, "stage2_init": cfg.stage2_init,
-            "routing": cfg.routing, "likelihood": cfg.likelihood,
+            "routing": cfg.routing, "kl_weight": cfg.kl_weight, "likelihood": cfg.likelihood,
             "objective_units": self.recipe.objective_units(),
             "dataset": cfg.dataset, "latent": cfg.latent, "ops": ops_name(self.ops),
             "device": str(self.device), "precision": self.precision,
