@@ -171,14 +171,20 @@ def test_interrupt_message_names_the_real_run_folder(tmp_path):
     while not ck.exists() and time.time() - t0 < 120 and p.poll() is None:
         time.sleep(0.2)
     time.sleep(0.5)
-    p.send_signal(signal.SIGINT)
-    try:
-        _, err = p.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        # CPython can lose a KeyboardInterrupt raised inside a finalizer ("Exception ignored in
-        # ..."), rarely, on a loaded machine; a user presses Ctrl-C again, and so does this test.
+    # CPython can lose a KeyboardInterrupt raised inside a finalizer ("Exception ignored in ..."),
+    # rarely, on a loaded machine (twice in a row once in CI, 2026-12-07); a user presses Ctrl-C
+    # again, and so does this test, up to three times.
+    err = None
+    for attempt in range(3):
         p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=60)
+        try:
+            _, err = p.communicate(timeout=30)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if err is None:
+        p.kill()
+        _, err = p.communicate()
     assert p.returncode == 130, err
     assert f"--resume '{run}'" in err, err
     assert "RUN_DIR" not in err

@@ -51,7 +51,9 @@ def test_bf16_and_channels_last_change_rounding_only(tmp_path):
                         ("bf16", ["--precision", "bf16", "--channels-last", "off"]),
                         ("cl", ["--precision", "fp32", "--channels-last", "on"])):
         run = str(tmp_path / name)
-        assert train(*TINY_DIGITS, *flags, "--no-outputs", "--out", run) == 0
+        # at the ELBO (--kl-weight 1): the tolerance below was calibrated there; the default weight
+        # 0.25 lets 4 epochs on 160 digits amplify rounding differences (7% apart, measured)
+        assert train(*TINY_DIGITS, *flags, "--kl-weight", "1", "--no-outputs", "--out", run) == 0
         objective[name] = _summary(run)["test"]["loss"]
         ck = load_ck(run)
         objective[name + "_w"] = ck["models"]["vae"]["decoder.fc.0.weight"]
