@@ -118,9 +118,9 @@ def library_run(args, run_dir: str):
 
 def codes_of(run_dir: str, device: str) -> torch.Tensor:
     """The stage-1 latents of the training set, as the trainer's prior fit saw them."""
-    from xvae_fast.training.trainer import load_expost
+    from xvae_fast.run_loading import load_reference
     from xvae_fast.data.mnist import read_idx, find_file
-    cfg, info, model, _ = load_expost(run_dir, device)
+    cfg, info, model, _ = load_reference(run_dir, "expost", device)
     import numpy as np
     x = np.array(read_idx(find_file(cfg.dataset.split(":", 1)[1], "train-images-idx3-ubyte")))
     x = torch.from_numpy(x).float().div_(255).unsqueeze(1)

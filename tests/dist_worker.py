@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from xvae_fast.train import parse_config
+from xvae_fast.train import applicable_flags, parse_config
 from xvae_fast.training.trainer import Trainer
 
 BASE = ["--dataset", "clusters", "--limit", "200", "--batch-size", "37", "--hidden", "16,16",
@@ -49,7 +49,9 @@ def main(out: str, names) -> None:
         torch.distributed.init_process_group("gloo")
     result = {}
     for name in names:
-        cfg, explicit = parse_config(BASE + SETUPS[name] + ["--out", os.path.join(out, f"run-{name}")])
+        # BASE holds X-VAE's stage-1 and EM flags: each setup gets those its model uses
+        argv = applicable_flags(BASE + SETUPS[name] + ["--out", os.path.join(out, f"run-{name}")])
+        cfg, explicit = parse_config(argv)
         t = Recording(cfg, explicit=explicit, verbose=False)
         try:
             t.run()

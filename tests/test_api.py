@@ -15,7 +15,7 @@ import xvae_fast
 from xvae_fast.errors import CheckpointError, ConfigError
 from xvae_fast.evaluation.nll import NLLUndefinedError, importance_sampled_nll
 from xvae_fast.models.uae import UnscentedAE
-from xvae_fast.training import load_expost, load_recipe
+from xvae_fast.training import load_recipe, load_reference
 
 from train_utils import FAMILY_RUNS, one_thread
 
@@ -129,10 +129,10 @@ def test_reference_samplers_by_name(family_runs, key):
     assert f"it has: {', '.join(model.references) or 'none'}" in str(e.value)
 
 
-def test_expost_reference_is_load_expost(family_runs):
-    """The ex-post reference by name is the one evaluate and compare use (load_expost)."""
+def test_expost_reference_is_load_reference(family_runs):
+    """The ex-post reference by name is the one evaluate and compare use (load_reference)."""
     run = family_runs["xvae-std"]
-    _, info, expost, _ = load_expost(run)
+    _, info, expost, _ = load_reference(run, "expost")
     want = info.to_data_space(expost.generate(9, generator=_gen(6)))
     assert torch.equal(xvae_fast.load(run).sample(9, reference="expost", generator=_gen(6)), want)
     _, info, recipe, _ = load_recipe(family_runs["twostage"])

@@ -454,8 +454,8 @@ def test_code_parity_reading_is_recorded_and_trains(tmp_path):
     assert s["beta_history"][0] == 14.14 and s["beta_history"][1] != 14.14       # rms after epoch 0
     assert all(math.isfinite(v) for v in s["test"].values())
     saved = yaml.safe_load(open(os.path.join(res.run_dir, "config.yaml")))
-    assert saved["avae_beta"] == "rms:14.14" and saved["avae_kde_floor"] == 0.999999
-    assert saved["avae_lr_plateau"] == 0 and saved["avae_centres"] is None      # digits: no plateau
+    assert saved["model_options"]["avae_beta"] == "rms:14.14" and saved["model_options"]["avae_kde_floor"] == 0.999999
+    assert saved["model_options"]["avae_lr_plateau"] == 0 and saved["model_options"]["avae_centres"] is None      # digits: no plateau
     assert "log10" in s["objective_units"]
 
 

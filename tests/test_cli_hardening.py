@@ -281,7 +281,8 @@ def test_evaluate_streams_samples_with_the_same_result(runs, tmp_path):
     from xvae_fast.evaluation.feature_classifier import get_classifier
     from xvae_fast.evaluation.frechet import frechet_distance, gaussian_stats
     from xvae_fast.evaluation.protocol import Protocol
-    from xvae_fast.evaluation.runner import EVAL_CHUNK, SAMPLE_SEED_OFFSET, EvalOptions, evaluate_run, generate
+    from xvae_fast.evaluation.runner import EVAL_CHUNK, SAMPLE_SEED_OFFSET, EvalOptions, evaluate_run
+    from xvae_fast.evaluation.sampling import generate
     from xvae_fast.data import load_dataset
     from xvae_fast.training import load_run
     n_fake = EVAL_CHUNK + 700

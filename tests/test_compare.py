@@ -64,7 +64,7 @@ def test_compare_writes_every_row_and_continues_an_interrupted_comparison(tmp_pa
     assert all(r["likelihood"] == "gaussian" for r in rows)
     # the X-VAE rows share one stage-1 autoencoder
     assert len({by[k]["stage1_params"] for k in XVAE_KEYS}) == 1 and int(by["full"]["stage1_params"]) > 0
-    assert load_ck(by["full"]["run"])["config"]["stage1_from"] == by["single"]["run"]
+    assert load_ck(by["full"]["run"])["config"]["model_options"]["stage1_from"] == by["single"]["run"]
 
     with open(os.path.join(out, "comparison.md")) as f:
         md = f.read()

@@ -85,6 +85,35 @@ def test_mnist_without_test_file_is_split_by_seed(tmp_path):
     assert len(b.train) == 15 and len(b.test) == 5
 
 
+def test_an_interrupted_mnist_download_leaves_no_file(tmp_path, monkeypatch):
+    # the first mirror breaks mid-file, the second delivers: each file appears whole or not at all
+    import urllib.request
+    from xvae_fast.data import mnist
+
+    def fetch(url, name):
+        with open(name, "wb") as f:
+            f.write(b"half")
+        if url.startswith(mnist.MIRRORS[0]):
+            raise OSError("connection reset")
+        with open(name, "wb") as f:
+            f.write(url.encode())
+    monkeypatch.setattr(urllib.request, "urlretrieve", fetch)
+    mnist.download_mnist(str(tmp_path))
+    stems = sorted(mnist.FILES.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(s + ".gz" for s in stems)
+    assert (tmp_path / f"{stems[0]}.gz").read_bytes() == f"{mnist.MIRRORS[1]}{stems[0]}.gz".encode()
+
+    def offline(url, name):
+        with open(name, "wb") as f:
+            f.write(b"half")
+        raise OSError("network unreachable")
+    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+    empty = tmp_path / "empty"
+    with pytest.raises(DataError, match="could not download MNIST file"):
+        mnist.download_mnist(str(empty))
+    assert list(empty.iterdir()) == []
+
+
 def test_mnist_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist.*--download"):
         _load(dataset=f"mnist:{tmp_path / 'nowhere'}")

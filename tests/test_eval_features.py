@@ -9,7 +9,7 @@ import torch
 
 from xvae_fast.config import TrainConfig, resolve
 from xvae_fast.data import load_dataset, split_indices
-from xvae_fast.data.builtin import CLUSTER_CENTRES
+from xvae_fast.data.builtin import CLUSTER_CENTRES, CLUSTER_STDS
 from xvae_fast.evaluation.feature_classifier import Recipe, get_classifier, train_classifier
 from xvae_fast.evaluation.runner import EvalOptions, _offline_space, parse_alphas, parse_metrics
 from xvae_fast.errors import ConfigError, DataError
@@ -111,6 +111,38 @@ def test_offline_space_per_kind_of_data(tmp_path):
     assert _offline_space(d, d.info, opts, print) is None
     with pytest.raises(DataError, match="no labels"):
         get_classifier(d, str(tmp_path))
+
+
+def test_metric_units_apply_by_what_they_declare():
+    from types import SimpleNamespace
+    from xvae_fast.evaluation import units
+    from xvae_fast.models.generative import GenerativeModule
+
+    def chosen(metrics, extra=None, model=None, nll=None):
+        ev = SimpleNamespace(metrics=metrics, info=SimpleNamespace(extra=extra or {}),
+                             model=model or GenerativeModule(), opts=SimpleNamespace(nll=nll))
+        return [type(u).__name__ for u in units.UNITS if u.applies(ev)]
+
+    class Interpolating(GenerativeModule):
+        interpolates = True                                      # declares interpolate(x1, x2, t)
+    uae = Interpolating()
+    assert chosen(("rec", "fd", "pr")) == ["Rec", "FrechetDistance", "PrecisionRecall"]
+    assert chosen(("rec", "fd"), model=uae) == ["Rec", "FrechetDistance", "InterpolationFD"]
+    assert chosen(("rec",), model=uae) == ["Rec"]               # Interp is a Fréchet distance
+    assert chosen(("fid", "is"), extra={"toy2d": {}}) == ["FrechetDistance", "Histogram2D", "InceptionScore"]
+    assert chosen(("rec",), extra={"centres": [], "stds": []}, nll=object()) == ["NLL", "Rec", "ClusterModes"]
+
+
+def test_cluster_modes_count_the_points_within_three_stds_of_a_mode():
+    from types import SimpleNamespace
+    from xvae_fast.evaluation.units import ClusterModes
+    info = SimpleNamespace(extra={"centres": CLUSTER_CENTRES.tolist(), "stds": CLUSTER_STDS.tolist()})
+    c, s = CLUSTER_CENTRES, CLUSTER_STDS
+    # 2.9 std from mode 0 (inside), 3.1 std from mode 1 (outside, and far from the others), far away
+    x = np.array([c[0] + [0.0, 2.9 * s[0]], c[1] + [-3.1 * s[1], 0.0], [10.0, 10.0]])
+    assert ClusterModes.counts(info, x) == [1, 0, 0]
+    assert ClusterModes.within(info, x) == pytest.approx(1 / 3)
+    assert ClusterModes().fits(info) and not ClusterModes().fits(SimpleNamespace(extra={}))
 
 
 def test_argument_parsing():

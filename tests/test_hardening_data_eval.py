@@ -125,8 +125,8 @@ def test_precision_recall_caps_each_set_at_a_seeded_subset():
 
 def test_evaluate_caps_precision_recall_and_says_so(runs, tmp_path, monkeypatch):
     from xvae_fast.evaluate import main
-    from xvae_fast.evaluation import runner
-    monkeypatch.setattr(runner, "PR_MAX_ROWS", 120)
+    from xvae_fast.evaluation import units
+    monkeypatch.setattr(units, "PR_MAX_ROWS", 120)
     with one_thread():
         assert main(["--run", runs["digits"], "--out", str(tmp_path / "ev"), "--classifier-steps", "50",
                      "--n-fake", "200", "--metrics", "pr", "--alpha", "1", "--cache-dir",

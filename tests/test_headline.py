@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from xvae_fast.evaluation.frechet import frechet_distance_from_features
 from xvae_fast.training.headline import MAX_VALUES, N_HEADLINE, pooled, real_subset
 
+from xvae_fast.train import applicable_flags
+
 from train_utils import TINY_DIGITS, train
 
 
@@ -54,9 +56,10 @@ def test_headline_tracks_sample_quality_and_closes_with_next_steps(tmp_path):
     to open and what to run next."""
     base = [a for a in TINY_DIGITS if a not in ("--limit", "160")]
     base = [*base, "--limit", "600"]
+    vae = applicable_flags([*base, "--model", "vae"])      # base holds X-VAE's stage-1 flags
     untrained, trained, xvae = (str(tmp_path / n) for n in ("untrained", "trained", "xvae"))
-    assert train(*base, "--model", "vae", "--epochs-vae", "0", "--no-outputs", "--out", untrained) == 0
-    assert train(*base, "--model", "vae", "--epochs-vae", "8", "--no-outputs", "--out", trained) == 0
+    assert train(*vae, "--epochs-vae", "0", "--no-outputs", "--out", untrained) == 0
+    assert train(*vae, "--epochs-vae", "8", "--no-outputs", "--out", trained) == 0
     h0, h1 = _summary(untrained)["headline"], _summary(trained)["headline"]
     assert h0["metric"] == h1["metric"] == "fd_data" and h0["n_samples"] == N_HEADLINE
     assert h0["n_real"] == h1["n_real"] > 0 and h0["dims"] == 64       # 8x8 digits: every pixel
@@ -84,7 +87,7 @@ def test_headline_is_the_frechet_distance_it_says(tmp_path):
     """Recompute the headline from its definition: the run's samples (seeded) against the fixed test
     subset, through the library's Fréchet distance (pytorch-fid's formula)."""
     from xvae_fast.training.headline import SEED_OFFSET
-    from xvae_fast.training.trainer import load_run
+    from xvae_fast.run_loading import load_run
     run = str(tmp_path / "vae")
     assert train(*TINY_DIGITS, "--model", "vae", "--no-outputs", "--seed", "3", "--out", run) == 0
     h = _summary(run)["headline"]

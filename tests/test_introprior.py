@@ -312,17 +312,18 @@ def test_defaults_per_dataset():
     assert d.introprior_beta_neg == 32.0 and d.introprior_beta_rec == 20.0 and d.introprior_components == 10
     assert d.introprior_milestones is None
     # the options of this model are cleared for the others
-    other = resolve(TrainConfig(model="vae", introprior_beta_neg=5.0, epochs_game=3))
-    assert other.introprior_beta_neg is None and other.epochs_game is None
+    with pytest.raises(ConfigError, match="--introprior-beta-neg is an option of --model introprior; "
+                                          "--model vae does not use it"):
+        resolve(TrainConfig(model="vae", introprior_beta_neg=5.0, epochs_game=3))
 
 
 @pytest.mark.parametrize("kw, match", [
     (dict(introprior_prior="mog"), "--introprior-prior must be one of"),
     (dict(introprior_weights="lc"), "--introprior-weights must be one of"),
-    (dict(introprior_components=0), "introprior_components must be an integer >= 1"),
-    (dict(introprior_mc=0), "introprior_mc must be an integer >= 1"),
-    (dict(introprior_beta_neg=-1.0), "introprior_beta_neg must be a non-negative number"),
-    (dict(introprior_alpha=0.0), "introprior_alpha must be a positive number"),
+    (dict(introprior_components=0), "--introprior-components must be an integer >= 1"),
+    (dict(introprior_mc=0), "--introprior-mc must be an integer >= 1"),
+    (dict(introprior_beta_neg=-1.0), "--introprior-beta-neg must be a finite number >= 0"),
+    (dict(introprior_alpha=0.0), "--introprior-alpha must be a finite number > 0"),
     (dict(introprior_milestones=[5, 2]), "--introprior-milestones must be increasing"),
     (dict(introprior_mog_warmup=9, epochs_vae=3), "--introprior-mog-warmup 9 is longer"),
     (dict(epochs_vae=0, epochs_game=0), "nothing to train"),
@@ -337,7 +338,7 @@ def test_bad_options_are_refused_with_the_option_named(kw, match):
 def test_cli_bad_flag_exits_2_without_traceback(tmp_path):
     r = cli("xvae_fast.train", "--model", "introprior", "--introprior-beta-neg", "-3", "--out", tmp_path / "x")
     assert r.returncode == 2
-    assert "introprior_beta_neg" in r.stderr and "Traceback" not in r.stderr
+    assert "--introprior-beta-neg" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_evaluate_and_sample_an_introprior_run(tmp_path):

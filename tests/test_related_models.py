@@ -35,14 +35,16 @@ def test_every_model_is_a_registered_recipe():
     assert {"twostage", "uae"} <= set(MODELS)
 
 
-def test_options_of_other_models_are_cleared():
-    cfg = resolve(TrainConfig(model="twostage", uae_variant="utvae", pseudo_inputs=7, plan="full"))
-    assert cfg.uae_variant == TrainConfig().uae_variant and cfg.pseudo_inputs is None and cfg.plan is None
+def test_options_of_other_models_are_refused():
+    for kw, flag in ((dict(uae_variant="utvae"), "--uae-variant"), (dict(pseudo_inputs=7), "--pseudo-inputs"),
+                     (dict(plan="full"), "--plan")):
+        with pytest.raises(ConfigError, match=f"{flag} is an option of --model .*; --model twostage does not"):
+            resolve(TrainConfig(model="twostage", **kw))
+    cfg = resolve(TrainConfig(model="twostage"))
     assert cfg.likelihood == "gaussian" and cfg.epochs_stage2 == 2 * cfg.epochs_vae
     assert cfg.stage2_latent == cfg.latent
-    u = resolve(TrainConfig(model="uae", stage2_width=9, epochs_stage2=3))
-    assert u.stage2_width == TrainConfig().stage2_width and u.epochs_stage2 is None
-    assert u.likelihood == "mse"
+    u = resolve(TrainConfig(model="uae"))
+    assert "stage2_width" not in u.model_options.to_dict() and u.likelihood == "mse"
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -54,10 +56,10 @@ def test_options_of_other_models_are_cleared():
     (dict(model="uae", uae_heuristic="random-pairs", uae_points=3), "must be even"),
     (dict(model="uae", uae_heuristic="top-pairs", uae_points=30, latent=10), "only n = 10 axes"),
     (dict(model="uae", uae_kappa=-20.0, latent=10), "--uae-kappa must be a number > -n"),
-    (dict(model="uae", uae_beta=-1.0), "uae_beta must be a non-negative number"),
+    (dict(model="uae", uae_beta=-1.0), "--uae-beta must be a finite number >= 0"),
     (dict(model="twostage", stage2_input="median"), "--stage2-input must be one of"),
-    (dict(model="twostage", stage2_width=0), "stage2_width must be an integer >= 1"),
-    (dict(model="xvae", arch="paper"), "--arch 'paper' is not available for --model xvae"),
+    (dict(model="twostage", stage2_width=0), "--stage2-width must be an integer >= 1"),
+    (dict(model="xvae", arch="paper"), "--arch is an option of --model twostage and uae; --model xvae does not use it"),
 ])
 def test_bad_options_are_refused_with_the_option_named(kw, match):
     with pytest.raises(ConfigError, match=match):

@@ -15,7 +15,7 @@ from xvae_fast.errors import CheckpointError, ConfigError
 from xvae_fast.models import Autoencoder, ExPostModel, VAE, build_likelihood, build_models, get_ops
 from xvae_fast.models.likelihood import Bernoulli, LearnedGaussian, SquaredError
 from xvae_fast.plans import Plan
-from xvae_fast.training import load_expost, load_run
+from xvae_fast.training import load_reference, load_run
 
 from train_utils import TINY_CLUSTERS, TINY_DIGITS, cli, load_ck, one_thread, train
 
@@ -48,11 +48,15 @@ def test_presets_fill_the_method_choices_and_flags_win():
     assert resolve(TrainConfig(dataset="clusters")).likelihood == "gaussian"
 
 
-def test_options_a_model_does_not_use_are_recorded_as_none():
-    v = resolve(TrainConfig(dataset="digits", model="vae", kl="mixture", routing="per-coordinate"))
-    assert v.kl is None and v.routing is None and v.stage2_init is None and v.likelihood == "bernoulli"
+def test_options_a_model_does_not_use_are_refused_or_recorded_as_none():
+    with pytest.raises(ConfigError, match="--kl is an option of --model xvae; --model vae does not use it"):
+        resolve(TrainConfig(dataset="digits", model="vae", kl="mixture"))
+    v = resolve(TrainConfig(dataset="digits", model="vae"))
+    assert set(v.model_options.to_dict()) == {"kl_weight"} and v.likelihood == "bernoulli"
     s = resolve(TrainConfig(dataset="digits", plan="single"))
     assert s.kl is None and s.routing is None and s.stage2_init == "ae"
+    with pytest.raises(ConfigError, match="--routing applies to the mixture plans"):
+        resolve(TrainConfig(dataset="digits", plan="single", routing="per-row"))
 
 
 @pytest.mark.parametrize("changes,match", [
@@ -61,7 +65,7 @@ def test_options_a_model_does_not_use_are_recorded_as_none():
     (dict(routing="per-column"), "--routing must be one of"),
     (dict(likelihood="poisson"), "--likelihood must be one of"),
     (dict(preset="best"), "--preset must be one of"),
-    (dict(gamma_min=-1.0), "--gamma-min must be a non-negative"),
+    (dict(gamma_min=-1.0), "--gamma-min must be a finite number >= 0"),
     (dict(gamma_min=1e-3, likelihood="bernoulli"), "--gamma-min floors the learned variance"),
 ])
 def test_bad_method_options_are_config_errors(changes, match):
@@ -81,9 +85,9 @@ def test_cli_rejects_an_unknown_choice(tmp_path):
 
 
 def test_legacy_checkpoint_configs_read_as_the_paper_setup():
-    old = TrainConfig(dataset="clusters", plan="full").to_dict()
+    old = TrainConfig(dataset="clusters", plan="full").flat()      # the flat form of older versions
     for k in LEGACY_VALUES:
-        old.pop(k)
+        old.pop(k, None)
     cfg = TrainConfig.from_saved(old)
     assert (cfg.kl, cfg.stage2_init, cfg.routing, cfg.likelihood, cfg.preset) == (
         "paper", "random", "per-coordinate", "mse", "paper")
@@ -134,7 +138,7 @@ def test_each_kl_objective_trains_end_to_end(tmp_path, kl):
     run = str(tmp_path / kl)
     assert train(*TINY_CLUSTERS, "--kl", kl, "--plan", "full", "--no-outputs", "--out", run) == 0
     s = summary(run)
-    assert s["kl_objective"] == kl and load_ck(run)["config"]["kl"] == kl
+    assert s["kl_objective"] == kl and load_ck(run)["config"]["model_options"]["kl"] == kl
     te = s["test"]
     assert all(math.isfinite(te[k]) for k in ("loss", "recon", "kl", "kl_cat", "kl_gauss"))
     assert te["kl"] == pytest.approx(te["kl_cat"] + te["kl_gauss"], rel=1e-5, abs=1e-6)
@@ -310,7 +314,7 @@ def test_runs_sample_with_their_routing(tmp_path):
 def test_expost_reference_decodes_prior_samples_with_the_stage1_decoder(tmp_path):
     run = str(tmp_path / "run")
     assert train(*TINY_CLUSTERS, "--no-outputs", "--out", run) == 0
-    cfg, info, ex, ck = load_expost(run)
+    cfg, info, ex, ck = load_reference(run, "expost")
     assert isinstance(ex, ExPostModel) and ex.routing == "per-row"
     prior = xf.MixturePrior(ck["prior"]["weights"], ck["prior"]["means"], ck["prior"]["stds"])
     z = xf.sample_prior(prior, 20, 1.0, "per-row", generator=torch.Generator().manual_seed(5))
@@ -320,8 +324,9 @@ def test_expost_reference_decodes_prior_samples_with_the_stage1_decoder(tmp_path
     torch.testing.assert_close(ex(xin)["xhat"], ex.ae(xin)[0])
     vae_run = str(tmp_path / "vae")
     assert train(*TINY_CLUSTERS, "--model", "vae", "--no-outputs", "--out", vae_run) == 0
-    with pytest.raises(CheckpointError, match="no fitted stage-1 prior"):
-        load_expost(vae_run)
+    with pytest.raises(CheckpointError, match="\\(vae, at stage 'done'\\) has no 'expost' reference sampler; "
+                                              "it has none"):
+        load_reference(vae_run, "expost")
 
 
 def test_evaluate_reports_the_expost_row(tmp_path):

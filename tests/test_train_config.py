@@ -4,6 +4,8 @@ import json
 import pytest
 import yaml
 
+from xvae_fast.models import get_recipe
+
 from xvae_fast.config import TrainConfig, load_config_file, resolve, save_config
 from xvae_fast.errors import ConfigError
 from xvae_fast.plans import PRESETS
@@ -39,7 +41,9 @@ def test_run_saves_its_full_resolved_config_and_it_repeats_the_run(tmp_path):
     assert train(*TINY_DIGITS, "--no-outputs", "--out", run) == 0
     saved = load_config_file(f"{run}/config.yaml")
     assert set(saved) == set(TrainConfig.field_names())
-    assert saved["latent"] == 4 and saved["limit"] == 160 and saved["plan"] == "matched"
+    assert saved["latent"] == 4 and saved["limit"] == 160 and saved["model_options"]["plan"] == "matched"
+    # the model's own options only, nested
+    assert set(saved["model_options"]) == set(get_recipe("xvae").Options.names())
     assert saved["epochs_ae"] == 2 and saved["dataset"] == "digits"
     # the saved file repeats the run (to a new folder): same weights
     run_b = str(tmp_path / "b")

@@ -26,10 +26,23 @@ def one_thread():
         torch.set_num_threads(n)
 
 
+def tiny_for(args):
+    """`args` with a leading TINY_* block cut to the flags its --model uses (the block holds X-VAE's
+    stage-1 and EM flags, which the other models refuse), as compare does for its --quick flags."""
+    from xvae_fast.config import applicable_argv
+    from xvae_fast.train import takes_value
+    args = [str(a) for a in args]
+    model = args[args.index("--model") + 1] if "--model" in args else "xvae"
+    for tiny in (TINY_CLUSTERS, TINY_DIGITS):
+        if args[:len(tiny)] == tiny:
+            return applicable_argv(model, tiny[1], tiny, takes_value) + args[len(tiny):]
+    return args
+
+
 def train(*args) -> int:
     from xvae_fast.train import main
     with one_thread():
-        return main([str(a) for a in args])
+        return main(tiny_for(args))
 
 
 def cli(module, *args, timeout=300):
@@ -40,7 +53,8 @@ def cli(module, *args, timeout=300):
     env["OMP_NUM_THREADS"] = "1"
     # `python -m` puts the working directory first on sys.path: run from the tested package's parent
     # so a source checkout in the cwd (without the built extension) cannot shadow it.
-    return subprocess.run([sys.executable, "-m", module] + [str(a) for a in args], capture_output=True,
+    args = tiny_for(args) if module == "xvae_fast.train" else [str(a) for a in args]
+    return subprocess.run([sys.executable, "-m", module] + args, capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=root)
 
 

@@ -1,7 +1,7 @@
 """Files written whole or not at all: the data goes to a temporary file beside the target, which
 replaces it in one rename on success, so a reader (or a run that crashed mid-write) sees the old file
 or the new one, never a torn one. Used by checkpoints, the run folder's JSON, CSV and YAML files, the
-bandwidth cache and streamed samples.
+bandwidth cache, the feature-classifier cache, the comparison tables, downloads and streamed samples.
 
 Also here: the one-line error of a full disk (or a file size limit) and the removal of the temporary
 files that writes killed by a signal leave behind. A temporary file's name carries its writer's pid
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import stat
 import tempfile
-from typing import IO, Iterator, List, Optional
+from typing import IO, Iterator, List, Optional, Tuple
 
 from .errors import DiskFullError
 
@@ -87,15 +88,10 @@ def disk_full_error(exc: BaseException, path: Optional[str] = None, needed: Opti
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "wb", durable: bool = False, prefix: Optional[str] = None,
-                suffix: str = ".tmp", size_hint: Optional[int] = None,
-                newline: Optional[str] = None) -> Iterator[IO]:
-    """Open a temporary file in `path`'s folder for writing; on a clean exit it replaces `path`, on
-    any error it is removed and `path` is left as it was. `durable`: fsync the data and the rename
-    (checkpoints); without it a power cut may lose the new file but never tears it. A full disk is a
-    DiskFullError naming the file and its folder (`size_hint`: the bytes the file needs, if known)."""
-    if "w" not in mode:
-        raise ValueError(f"atomic_open writes a file: mode {mode!r} has no 'w'")
+def _replacing(path: str, durable: bool, prefix: Optional[str], suffix: str,
+               size_hint: Optional[int]) -> Iterator[Tuple[int, str]]:
+    """(fd, name) of a new temporary file in `path`'s folder; on a clean exit it replaces `path`
+    (`durable`: and the rename is fsynced), on any error it is removed and `path` is left as it was."""
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
@@ -104,11 +100,7 @@ def atomic_open(path: str, mode: str = "wb", durable: bool = False, prefix: Opti
                                suffix=suffix, dir=folder)
     try:
         os.fchmod(fd, file_mode)
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": newline})) as f:
-            yield f
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
+        yield fd, tmp
         os.replace(tmp, path)
     except BaseException as exc:
         written = None
@@ -128,10 +120,45 @@ def atomic_open(path: str, mode: str = "wb", durable: bool = False, prefix: Opti
                 os.close(dfd)
 
 
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb", durable: bool = False, prefix: Optional[str] = None,
+                suffix: str = ".tmp", size_hint: Optional[int] = None,
+                newline: Optional[str] = None) -> Iterator[IO]:
+    """Open a temporary file in `path`'s folder for writing; on a clean exit it replaces `path`, on
+    any error it is removed and `path` is left as it was. `durable`: fsync the data and the rename
+    (checkpoints); without it a power cut may lose the new file but never tears it. A full disk is a
+    DiskFullError naming the file and its folder (`size_hint`: the bytes the file needs, if known)."""
+    if "w" not in mode:
+        raise ValueError(f"atomic_open writes a file: mode {mode!r} has no 'w'")
+    with _replacing(path, durable, prefix, suffix, size_hint) as (fd, _):
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": newline})) as f:
+            yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, prefix: Optional[str] = None, suffix: str = ".tmp") -> Iterator[str]:
+    """atomic_open for a writer that takes a file name rather than a file (urllib's urlretrieve): the
+    name of an empty temporary file in `path`'s folder, which replaces `path` on a clean exit and is
+    removed on any error."""
+    with _replacing(path, False, prefix, suffix, None) as (fd, tmp):
+        os.close(fd)
+        yield tmp
+
+
+def write_json(obj, path: str) -> None:
+    """`obj` as indented JSON, atomically (no temporary file is left on an error, a full disk is a
+    one-line DiskFullError); values JSON lacks (numpy scalars) are written as floats."""
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2, default=float)
+
+
 # -- temporary files of killed writes ----------------------------------------------------------------
 # atomic_open's: a dot, a prefix, the writer's pid, '-', mkstemp's 8 random characters, the suffix
 _ATOMIC_TEMP = re.compile(r"^\..*?(\d+)-[a-z0-9_]{8}(?:\.tmp|\.npy\.part)$")
-# the `name.tmp-<pid>` files of older writers (and of other tools in this package)
+# the `name.tmp-<pid>` files of older writers
 _PID_TEMP = re.compile(r"^.+\.tmp-(\d+)$")
 # checkpoints written before the pid was in the name: only a training writes them, so in a run folder
 # whose lock a training holds they are always stale

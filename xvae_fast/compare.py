@@ -41,9 +41,10 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .atomic_file import atomic_open
 from .errors import ConfigError, NonFiniteLossError, XVAEError
+from .evaluation.report import provenance_line
 from .outpaths import make_out_dir, remove_created
-from .training.provenance import provenance_line
 
 # (key, model, plan, row name as in the paper's tables)
 ENTRIES = [
@@ -114,7 +115,10 @@ def _argv(data: str, seed: int, key: str, epochs: Optional[int], epochs_ae: Opti
         argv += ["--epochs-vae", str(epochs)]
     if epochs_ae is not None:
         argv += ["--epochs-ae", str(epochs_ae)]
-    return argv + list(extra)
+    argv += list(extra)
+    # --quick and --extra hold flags of some models only: each row gets those its model uses
+    from .train import applicable_flags
+    return applicable_flags(argv)
 
 
 def _row(key: str, summary: Optional[Dict[str, Any]], run_dir: str, status: str) -> Dict[str, Any]:
@@ -468,24 +472,20 @@ def _table2(rows: List[Dict[str, Any]]) -> str:
 
 
 def _write_tables(rows: List[Dict[str, Any]], out: str, data: str, seed: int) -> None:
-    def atomic(path: str, write) -> None:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
+    def table(name: str):
+        return atomic_open(os.path.join(out, name), "w", newline="")
 
-    atomic(os.path.join(out, "comparison.md"), lambda f: f.write(to_markdown(rows, data, seed)))
-
-    def write_csv(f):
+    with table("comparison.md") as f:
+        f.write(to_markdown(rows, data, seed))
+    with table("comparison.csv") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else
                             ("/".join(f"{v:.4f}" for v in r[k]) if isinstance(r.get(k), list) else r[k]))
                         for k in CSV_COLUMNS})
-    atomic(os.path.join(out, "comparison.csv"), write_csv)
-    atomic(os.path.join(out, "comparison.json"),
-           lambda f: json.dump({"data": data, "seed": seed, "rows": rows}, f, indent=2, default=float))
+    with table("comparison.json") as f:
+        json.dump({"data": data, "seed": seed, "rows": rows}, f, indent=2, default=float)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,25 +1,32 @@
-"""The trainer's configuration: one dataclass, loaded from defaults, a YAML/JSON file and flags.
+"""The trainer's configuration: the shared options, and the chosen model's options as a nested block.
+
+`TrainConfig` holds the options every model shares (declared below with `options.option`) and
+`model_options`, the chosen model family's own options (its recipe's `Options` dataclass,
+models/*.py). Before `resolve()`, `model_options` is the mapping of the model options given; resolve()
+turns it into the model's dataclass, refusing options the model does not declare. `TrainConfig(...)`,
+`from_dict()` and `replace()` also take model options by name at the top level (`pseudo_inputs=50`).
 
 Precedence: built-in defaults < per-dataset defaults < config file (`--config`) < command-line flags.
-`resolve()` fills every `None` from the dataset's defaults and validates, so the config a run saves
-(`config.yaml` in the run folder) is complete and can be passed back with `--config` to repeat it.
+`resolve()` fills every `None` from the dataset's and the model's defaults and validates, so the
+config a run saves (`config.yaml` in the run folder) is complete and can be passed back with `--config`
+to repeat it. Configs saved before the nested block (one flat mapping of every model's options) are
+migrated when read (`migrate_flat`).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Set, Tuple
 
+from .config_io import load_config_file  # noqa: F401  (re-exported: train.py and the tests read files)
 from .data.spec import DEFAULTS, TOY2D_KINDS, parse_dataset_spec
 from .errors import ConfigError
-from .plans import Plan
-from .functional import ROUTINGS
-from .models.likelihood import IMAGE_OUTPUTS, LIKELIHOODS
-from .prior_fit import BACKENDS as EM_BACKENDS
 from .models import RECIPES, get_recipe
-from .models.vae import KL_OBJECTIVES
-from .models.xvae import PLAN_NAMES, PRIOR_FITS  # noqa: F401  (re-exported for callers of the config)
-from .config_io import load_config_file  # noqa: F401  (re-exported: train.py and the tests read files)
+from .models.protocol import model_names
+from .models.likelihood import IMAGE_OUTPUTS, LIKELIHOODS
+from .models.xvae import DEFAULT_KL_WEIGHT, METHOD_CHOICES, PLAN_NAMES, PRIOR_FITS  # noqa: F401 (re-exported)
+from .options import ModelOptions, check_value, defaults as declared_defaults, flag_of, option, specs
+from .plans import Plan
 
 # --model: the registered model recipes (models/protocol.py), X-VAE first
 MODELS = ("xvae",) + tuple(n for n in RECIPES if n != "xvae")
@@ -27,31 +34,18 @@ MODELS = ("xvae",) + tuple(n for n in RECIPES if n != "xvae")
 # stage 1 and no prior fit (see docs/baselines.md).
 BASELINES = ("vae", "vamp", "hierarchical", "mog", "gmvae")
 LEARNED_PRIOR_MODELS = tuple(n for n, r in RECIPES.items() if r.learned_prior)
-STAGE2_INITS = ("ae", "random")
 VECTOR_KINDS = ("clusters",) + TOY2D_KINDS      # data kinds that are vectors (npy may be either)
 METHOD_PRESETS = ("default", "paper")
-# X-VAE's stage-2 KL weight under --preset default (docs/choosing-defaults.md, "Stage 2 against its
-# ex-post reference")
-DEFAULT_KL_WEIGHT = 0.25
-# The stage-2 method choices (SPEC Revision 2). `paper` is the paper read literally (Eq. 18, plan
-# `full`, a randomly initialised stage 2, Eq. 20's per-coordinate generation, squared error); `default`
-# is the library's, chosen by the measurements in docs/choosing-defaults.md.
-METHOD_CHOICES = {
-    "paper": dict(plan="full", kl="paper", stage2_init="random", routing="per-coordinate",
-                  likelihood="mse", kl_weight=1.0),
-    "default": dict(plan="matched", kl="tight", stage2_init="ae", routing="per-row", likelihood=None,
-                    kl_weight=DEFAULT_KL_WEIGHT),
-}
-# The models whose loss is the likelihood plus a weighted KL (models/vae.py): --kl-weight applies to
-# them; --preset sets X-VAE's, the standard VAE keeps the ELBO (1) unless the flag is given.
-KL_WEIGHT_MODELS = ("xvae", "vae")
-# --preset default's likelihood per data kind (docs/choosing-defaults.md)
+# --preset's likelihood: the paper's squared error, or the library's per data kind
+# (docs/choosing-defaults.md)
+PRESET_LIKELIHOOD = {"paper": "mse", "default": None}
 DEFAULT_LIKELIHOOD = {"digits": "bernoulli", "mnist": "bernoulli", "celeba": "gaussian",
                       "images": "gaussian", "clusters": "gaussian", "npy": "gaussian",
                       # the 2-D benchmark: as the clusters (the learned variance explains the spread)
                       **dict.fromkeys(TOY2D_KINDS, "gaussian")}
 # What a run saved before these options existed used (the paper's readings): filled in when an older
-# checkpoint's config is read, so such runs still resume and sample.
+# checkpoint's config is read, so such runs still resume and sample. Model options among them apply
+# where the saved model declares them.
 LEGACY_VALUES = dict(preset="paper", kl="paper", stage2_init="random", routing="per-coordinate",
                      likelihood="mse", gamma_min=0.0, precision="fp32", channels_last="off",
                      em_backend="sklearn")
@@ -60,11 +54,17 @@ RENAMED = {"amp": ("precision", {"none": "fp32", "bf16": "bf16"})}
 PRECISIONS = ("fp32", "bf16", "auto")     # training/precision.py
 CHANNELS_LAST = ("auto", "on", "off")
 SCHEDULES = ("none", "cosine")
+BINARIZE = ("none", "dynamic")
+PER_DATASET = "per dataset"               # the help's default of the dataset-dependent options
 
 # Keys that may differ between a checkpoint's config and the config given with --resume.
 RUNTIME_KEYS = ("device", "progress", "tensorboard", "num_workers", "stop_after", "checkpoint_every",
                 "resume", "config", "overwrite", "out", "threads", "compile", "auto_resume", "precision",
                 "channels_last")
+# The shared options' help groups, in the order train --help shows them.
+GROUPS = ("what to train", "stage-2 method and likelihood (SPEC Revision 2; docs/choosing-defaults.md)",
+          "optimisation", "data", "runtime and outputs")
+WHAT, METHOD, OPTIM, DATA, RUNTIME = GROUPS
 
 
 def _renamed(d: Dict[str, Any]) -> Dict[str, Any]:
@@ -82,128 +82,184 @@ def _renamed(d: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-@dataclasses.dataclass
+def model_option_owners() -> Dict[str, Tuple[str, ...]]:
+    """Every declared model option's name -> the models that declare it."""
+    owners: Dict[str, List[str]] = {}
+    for name in model_names():
+        for key in get_recipe(name).Options.names():
+            owners.setdefault(key, []).append(name)
+    return {k: tuple(v) for k, v in owners.items()}
+
+
+@dataclasses.dataclass(init=False)
 class TrainConfig:
     # what to train
-    dataset: str = "digits"
-    model: str = "xvae"
-    preset: str = "default"                  # default (measured) or paper: fills the five below
-    plan: Union[str, Dict[str, Any], None] = None
-    latent: Optional[int] = None
-    # stage-2 method (SPEC Revision 2); None: from --preset (each key is recorded only where it applies)
-    kl: Optional[str] = None                 # xvae mixture plans: paper | tight | mixture
-    stage2_init: Optional[str] = None        # xvae: ae | random
-    routing: Optional[str] = None            # xvae mixture plans: per-row | per-coordinate (generation)
-    kl_weight: Optional[float] = None        # xvae, vae: beta, the KL's weight in the trained loss
-    likelihood: Optional[str] = None         # every model: mse | bernoulli | gaussian
-    gamma_min: float = 0.0                   # gaussian likelihood: floor of the learned variance
-    image_output: Optional[str] = None       # mse / gaussian on images: linear | sigmoid pixel mean
+    dataset: str = option("digits", "digits (bundled 8x8 digits), clusters (bundled synthetic 2-D, 3 "
+                          "modes), 8gaussians, 2spirals, checkerboard, rings (bundled 2-D benchmark of paper "
+                          "001, docs/toy2d.md), mnist:DIR (IDX files, gz or not), celeba:DIR, images:DIR, "
+                          "npy:PATH (.npy/.npz array of vectors)", group=WHAT, metavar="SPEC")
+    model: str = option("xvae", "the model family; list them with --list-models, see one's options with "
+                        "--model M --help", group=WHAT, choices=None)
+    # the chosen model's own options (its recipe's Options): a mapping until resolve()
+    model_options: Any = None
+    latent: Optional[int] = option(None, "latent size K, shared by all stages", type="int", group=WHAT,
+                                   metavar="K", minimum=1, default_text=PER_DATASET)
+    config: Optional[str] = option(None, "YAML or JSON file of options (keys as the flags, with _ or -; "
+                                   "model options at the top level or under model_options); flags win",
+                                   type="str", group=WHAT, metavar="FILE", optional=True)
+    # stage-2 method and likelihood (SPEC Revision 2)
+    preset: str = option("default", "default: the library's measured choices; paper: the paper read "
+                         "literally (X-VAE's plan full, --kl paper, --stage2-init random, --routing "
+                         "per-coordinate, --kl-weight 1, and --likelihood mse). Flags override either",
+                         group=METHOD, choices=METHOD_PRESETS)
+    likelihood: Optional[str] = option(None, "decoder likelihood: mse (squared error summed, the paper), "
+                                       "bernoulli (cross-entropy, data in [0, 1]), gaussian (learned "
+                                       "scalar variance, Two-Stage VAE)", type="str", group=METHOD,
+                                       choices=LIKELIHOODS,
+                                       default_text="--preset paper mse; default per dataset: digits and "
+                                       "mnist bernoulli, else gaussian; models with their own keep it")
+    gamma_min: float = option(0.0, "gaussian likelihood: floor of the learned variance gamma", group=METHOD,
+                              metavar="G", minimum=0)
+    image_output: Optional[str] = option(None, "mse / gaussian likelihood on images: the pixel mean is the "
+                                         "decoder's output (linear) or its sigmoid", type="str", group=METHOD,
+                                         choices=IMAGE_OUTPUTS, optional=True,
+                                         default_text="linear for mse in X-VAE and the baselines, else "
+                                         "sigmoid")
     # optimisation (paper Table 5: batch 128, Adam 1e-3, seed 42)
-    epochs_ae: Optional[int] = None
-    epochs_vae: Optional[int] = None
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_schedule: str = "none"
-    grad_clip: float = 0.0
-    seed: int = 42
+    epochs_ae: Optional[int] = option(None, "stage-1 (autoencoder) epochs", type="int", group=OPTIM,
+                                      metavar="N", minimum=0, default_text=PER_DATASET)
+    epochs_vae: Optional[int] = option(None, "stage-2 epochs (the models trained end to end: their "
+                                       "epochs)", type="int", group=OPTIM, metavar="N", minimum=0,
+                                       default_text=PER_DATASET)
+    batch_size: int = option(128, "batch size", group=OPTIM, metavar="B", minimum=1)
+    lr: float = option(1e-3, "Adam learning rate", group=OPTIM, above=0)
+    lr_schedule: str = option("none", "per-stage schedule", group=OPTIM, choices=SCHEDULES)
+    grad_clip: float = option(0.0, "clip the gradient norm (0: off)", group=OPTIM, metavar="NORM", minimum=0)
+    seed: int = option(42, "seed of initialisation, shuffling and noise", group=OPTIM)
     # data
-    split_seed: int = 0
-    test_fraction: float = 0.2
-    limit: Optional[int] = None
-    binarize: str = "none"                   # none | dynamic: Bernoulli-redrawn training pixels (data/binarize.py)
-    image_size: Optional[int] = None
-    channels: Optional[int] = None
-    standardize: Optional[bool] = None
-    hidden: Optional[List[int]] = None
-    npz_key: Optional[str] = None
-    download: bool = False
-    # baselines (docs/baselines.md); each option is used by one --model only
-    pseudo_inputs: Optional[int] = None      # vamp: number of learned pseudo-inputs
-    mog_components: Optional[int] = None     # mog: components of the learned mixture prior
-    gmvae_clusters: Optional[int] = None     # gmvae: values of the discrete cluster variable
-    hier_top: Optional[int] = None           # hierarchical: size of the top latent z2 (default K // 2)
-    hier_hidden: int = 256                   # hierarchical: hidden width of the conditional prior
-    gumbel_tau_start: float = 1.0            # gmvae: Gumbel-Softmax temperature at step 0
-    gumbel_tau_end: float = 0.5              # gmvae: temperature after the anneal
-    gumbel_anneal: str = "exp"               # gmvae: exp, linear or none
-    gumbel_anneal_steps: int = 0             # gmvae: steps of the anneal (0: the whole training)
-    # related systems (docs/models.md); each option is used by one --model only
-    arch: str = "library"                    # twostage, uae: library nets, or the paper's (SPEC-related 3.2/4.2)
-    epochs_stage2: Optional[int] = None      # twostage: stage-2 epochs (default 2x --epochs-vae)
-    stage2_latent: Optional[int] = None      # twostage: size of u (default K)
-    stage2_width: int = 256                  # twostage: stage-2 MLP width (paper 1024)
-    stage2_depth: int = 3                    # twostage: stage-2 MLP depth
-    stage2_input: str = "sampled"            # twostage: sampled (fresh z each step) | mean (ablation)
-    stage2_noise: bool = True                # twostage: generation adds the stage-2 decoder noise
-    uae_variant: str = "uae"                 # uae: vae | utvae | vae-w | utvae-w | uae | rae-gp
-    uae_form: str = "code"                   # uae: code (authors' reductions) | paper (Eqs. 8-12)
-    uae_points: int = 8                      # uae: K sigma points (or samples) per example
-    uae_heuristic: str = "random"            # uae: random | random-pairs | top-pairs
-    uae_kappa: float = 1e-3                  # uae: sigma-point spread kappa
-    uae_beta: Optional[float] = None         # uae: regulariser weight (default per form/variant)
-    uae_gamma: Optional[float] = None        # uae: gradient-penalty weight (default 1e-6)
-    expost_components: int = 10              # uae: full-covariance GMM components of the ex-post sampler
-    introprior_prior: str = "ip"             # introprior: sg | fixed | ip (SPEC-related 1.1)
-    introprior_weights: str = "learned"      # introprior: uniform | learned (LC) mixture weights
-    introprior_components: Optional[int] = None   # introprior: M (default per dataset)
-    introprior_mog_warmup: Optional[int] = None   # introprior: last warm-up epochs with the mixture
-    epochs_game: Optional[int] = None        # introprior: epochs of the adversarial game
-    introprior_beta_rec: Optional[float] = None   # introprior: b_rec (default per dataset)
-    introprior_beta_kl: Optional[float] = None    # introprior: b_kl
-    introprior_beta_neg: Optional[float] = None   # introprior: b_neg
-    introprior_preset: str = "paper"         # introprior: 2-D betas from the paper's grid | the code
-    introprior_mc: int = 100                 # introprior: T Monte Carlo draws per KL
-    introprior_alpha: float = 2.0            # introprior: alpha of the exponential ELBO
-    introprior_gamma: float = 1.0            # introprior: gamma (fake KL weight in LDP)
-    introprior_gamma_r: float = 1e-8         # introprior: gamma_r (fake reconstruction weight in LDP)
-    introprior_entropy: float = 0.0          # introprior: r_ent, responsibility-entropy weight
-    introprior_clip: float = 10.0            # introprior: K of the adaptive soft clip (0: none)
-    introprior_scale: Optional[float] = None      # introprior: s (default 1 / input size)
-    introprior_lr_prior: Optional[float] = None   # introprior: the prior's Adam lr (default --lr)
-    introprior_milestones: Optional[List[int]] = None   # introprior: lr x0.1 at these global steps
-    introprior_code_parity: bool = False     # introprior: the code's Vamp->MoG weight conversion
-    avae_centres: Optional[int] = None       # avae: KDE centres m (None: per dataset, <= half the rows)
-    avae_val_fraction: float = 0.1           # avae: held-out share of the training set that sets beta
-    avae_refresh_steps: int = 10             # avae: k_b, re-encode the centres every k_b global steps
-    avae_beta: str = "rule"                  # avae: rule (Eq. 9) | rms | rms:V | const:V (code parity)
-    avae_bandwidth: Optional[float] = None   # avae: the used bandwidth h in (0, 1) (None: the estimator)
-    avae_kde_floor: Optional[float] = None   # avae: max_cdf of the code's floored log10 KDE (None: paper)
-    avae_lr_plateau: Optional[int] = None    # avae: ReduceLROnPlateau patience in epochs (0: off)
-    # prior fit (stage 1 -> 2)
-    prior_fit: str = "auto"
-    em_n_init: int = 3
-    em_backend: str = "torch"                # torch (prior_fit / em.py) | sklearn (the reference)
-    em_max_iter: int = 200
-    em_tol: float = 1e-3
-    em_var_floor: float = 1e-4
-    em_weight_floor: float = 1e-3
-    stage1_from: Optional[str] = None
+    split_seed: int = option(0, "seed of the train/test split", group=DATA)
+    test_fraction: float = option(0.2, "test share when a split is made", group=DATA, above=0, below=1)
+    limit: Optional[int] = option(None, "use at most N examples (quick runs)", type="int", group=DATA,
+                                  metavar="N", minimum=2, optional=True)
+    binarize: str = option("none", "images in [0, 1]: dynamic redraws every training batch as x ~ "
+                           "Bernoulli(intensity) and binarises the test images once (fixed seed), the "
+                           "likelihood papers' protocol (VampPrior's code)", group=DATA, choices=BINARIZE)
+    image_size: Optional[int] = option(None, "images/celeba: centre crop and resize to SxS", type="int",
+                                       group=DATA, metavar="S", optional=True, default_text=PER_DATASET)
+    channels: Optional[int] = option(None, "images/celeba: 1 grey or 3 RGB", type="int", group=DATA,
+                                     choices=(1, 3), optional=True, default_text=PER_DATASET)
+    standardize: Optional[bool] = option(None, "z-score vector features with the training split's "
+                                         "mean/std", type="bool", group=DATA, optional=True,
+                                         default_text=PER_DATASET)
+    hidden: Optional[List[int]] = option(None, "MLP hidden sizes for vector data", type="ints", group=DATA,
+                                         metavar="H1,H2", optional=True, default_text=PER_DATASET)
+    npz_key: Optional[str] = option(None, "array name inside an .npz file", type="str", group=DATA,
+                                    metavar="KEY", optional=True)
+    download: bool = option(False, "mnist: download the IDX files if missing", group=DATA,
+                            bool_flag="store_true")
     # runtime
-    device: str = "auto"
-    precision: str = "fp32"                  # fp32 | bf16 | auto (runtime; training/precision.py)
-    channels_last: str = "auto"              # auto | on | off: NHWC conv weights (runtime)
-    compile: bool = False                    # torch.compile the training step's loss (runtime only)
-    threads: Optional[int] = None
-    num_workers: int = 0
-    out: Optional[str] = None
-    overwrite: bool = False
-    resume: Optional[str] = None
-    auto_resume: bool = False       # --out DIR holding a checkpoint: resume it (torchrun restarts)
-    config: Optional[str] = None
-    checkpoint_every: int = 0
-    stop_after: int = 0
-    eval_every: int = 1
-    progress: bool = True
-    tensorboard: bool = False
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", group=RUNTIME)
+    precision: str = option("fp32", "fp32, bf16 (the networks under bfloat16 autocast; the fused ops, KL "
+                            "and likelihood sums stay float32) or auto (bf16 where the device has bfloat16 "
+                            "units); a runtime option, recorded in summary.json", group=RUNTIME,
+                            choices=PRECISIONS)
+    channels_last: str = option("auto", "conv weights and activations in NHWC order: auto uses it on CPU "
+                                "and for bf16 on CUDA, where it measures faster (bench/paper_scale.py)",
+                                group=RUNTIME, choices=CHANNELS_LAST)
+    compile: bool = option(False, "torch.compile the training step's loss: slower start, faster steps on "
+                           "large nets (bench/step.py); --resume may add or drop it", group=RUNTIME,
+                           bool_flag="store_true")
+    threads: Optional[int] = option(None, "CPU threads for torch", type="int", group=RUNTIME, metavar="N",
+                                    minimum=1, optional=True,
+                                    default_text="1 for the bundled sets, whose nets are tiny; else "
+                                    "torch's default")
+    num_workers: int = option(0, "data-loading workers for large image folders", group=RUNTIME, metavar="N",
+                              minimum=0)
+    out: Optional[str] = option(None, "run folder", type="str", group=RUNTIME, metavar="DIR", optional=True,
+                                default_text="runs/<dataset>-<model>-<plan>-<time>")
+    overwrite: bool = option(False, "replace an existing run in --out", group=RUNTIME, bool_flag="store_true")
+    resume: Optional[str] = option(None, "continue the run in DIR exactly where it stopped", type="str",
+                                   group=RUNTIME, metavar="DIR", optional=True)
+    auto_resume: bool = option(False, "resume --out DIR when it already holds a checkpoint, else start "
+                               "it: one command line for torchrun --max-restarts (docs/distributed.md)",
+                               group=RUNTIME, bool_flag="store_true")
+    checkpoint_every: int = option(0, "also checkpoint every N steps (always at each epoch end)",
+                                   group=RUNTIME, metavar="STEPS", minimum=0)
+    stop_after: int = option(0, "stop (with a checkpoint) after this many optimizer steps in total; "
+                             "--resume continues (0: train to the end)", group=RUNTIME, metavar="STEPS",
+                             minimum=0)
+    eval_every: int = option(1, "test-set evaluation period in epochs (0: only at the end)", group=RUNTIME,
+                             metavar="EPOCHS", minimum=0)
+    progress: bool = option(True, "progress bars", group=RUNTIME, bool_flag="negate")
+    tensorboard: bool = option(False, "also log to DIR/tensorboard (needs the tensorboard package)",
+                               group=RUNTIME, bool_flag="store_true")
     # outputs
-    outputs: bool = True
-    n_samples: int = 64
-    alpha: float = 1.0
-    alphas: List[float] = dataclasses.field(default_factory=lambda: [0.5, 0.8, 1.0, 1.2, 1.5, 2.0])
+    outputs: bool = option(True, "figures and samples", group=RUNTIME, bool_flag="negate")
+    n_samples: int = option(64, "samples in samples.png", group=RUNTIME, metavar="N", minimum=1)
+    alpha: float = option(1.0, "sampling std scale for samples.png", group=RUNTIME, above=0)
+    alphas: List[float] = option([0.5, 0.8, 1.0, 1.2, 1.5, 2.0], "alpha sweep values", type="floats",
+                                 group=RUNTIME, metavar="A1,A2")
+
+    def __init__(self, **kw: Any):
+        names = set(self.field_names())
+        given_options = kw.pop("model_options", None)
+        flat = {k: kw.pop(k) for k in list(kw) if k not in names}
+        unknown = sorted(set(flat) - set(model_option_owners()))
+        if unknown:
+            raise ConfigError(f"unknown config option {unknown[0]!r}; valid options: "
+                              f"{', '.join(sorted(names - {'model_options'} | set(model_option_owners())))}")
+        for f in dataclasses.fields(self):
+            if f.name == "model_options":
+                continue
+            if f.name in kw:
+                value = kw[f.name]
+            else:
+                value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            setattr(self, f.name, value)
+        self.model_options = _merge_options(given_options, flat)
 
     # -- conversion ---------------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The nested form config.yaml and checkpoints store."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d = json.loads(json.dumps(d, default=_plain_options))   # deep copy, lists for tuples
+        return d
+
+    def flat(self) -> Dict[str, Any]:
+        """Shared and model options in one mapping, by option name (for comparisons)."""
+        d = {k: v for k, v in self.to_dict().items() if k != "model_options"}
+        d.update(self.model_options_dict())
+        return d
+
+    def model_options_dict(self) -> Dict[str, Any]:
+        mo = self.model_options
+        if isinstance(mo, ModelOptions):
+            return mo.to_dict()
+        return dict(mo or {})
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """A model option's value, whether resolved or still as given (`default` where absent)."""
+        mo = self.model_options
+        if isinstance(mo, ModelOptions):
+            return getattr(mo, name, default)
+        return (mo or {}).get(name, default)
+
+    def __eq__(self, other: Any) -> bool:
+        """Equal options, whether the model options are resolved (a dataclass) or given (a mapping)."""
+        return isinstance(other, TrainConfig) and self.flat() == other.flat()
+
+    def __getattr__(self, name: str) -> Any:
+        """Read access to the model's own options by name (`cfg.pseudo_inputs` for a vamp run), as
+        before they were nested; another model's option is an AttributeError naming its owners."""
+        if name.startswith("_") or name == "model_options":
+            raise AttributeError(name)
+        owners = model_option_owners().get(name)
+        if owners is None:
+            raise AttributeError(f"TrainConfig has no option {name!r}")
+        if self.model not in owners:
+            raise AttributeError(f"{name!r} is an option of --model {' and '.join(owners)}, not of "
+                                 f"--model {self.model}")
+        return self.option(name, declared_defaults(get_recipe(self.model).Options)[name])
 
     @classmethod
     def field_names(cls) -> List[str]:
@@ -211,30 +267,53 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        """From a mapping of option names (shared, model options at the top level or nested under
+        `model_options`); unknown names are refused."""
         if not isinstance(d, dict):
             raise ConfigError(f"a config must be a mapping of option names to values, got {type(d).__name__}")
-        names = set(cls.field_names())
-        clean = {}
-        for key, value in _renamed(d).items():
-            k = str(key).replace("-", "_")
-            if k not in names:
-                raise ConfigError(f"unknown config option {key!r}; valid options: {', '.join(sorted(names))}")
-            clean[k] = value
+        clean = {str(k).replace("-", "_"): v for k, v in _renamed(d).items()}
+        nested = clean.pop("model_options", None)
+        if nested is not None:
+            if not isinstance(nested, dict):
+                raise ConfigError(f"model_options must be a mapping of the model's options, got "
+                                  f"{type(nested).__name__}")
+            nested = {str(k).replace("-", "_"): v for k, v in nested.items()}
+            for k in nested:
+                if k not in model_option_owners():
+                    raise ConfigError(f"unknown model option {k!r} in model_options; valid: "
+                                      f"{', '.join(sorted(model_option_owners()))}")
+            clean = {**nested, **clean}
         return cls(**clean)
 
     @classmethod
+    def from_file_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        """A --config file: as from_dict, after migrating the flat form older config.yaml files wrote."""
+        return cls.from_dict(migrate_flat(d, strict=True) if isinstance(d, dict) else d)
+
+    @classmethod
     def from_saved(cls, d: Dict[str, Any]) -> "TrainConfig":
-        """The config stored in a checkpoint; keys that older versions did not save get the values
-        those versions used (LEGACY_VALUES)."""
+        """The config stored in a checkpoint or config.yaml; keys that older versions did not save get
+        the values those versions used (LEGACY_VALUES), and the flat form is migrated."""
         if isinstance(d, dict):
             d = _renamed(d)
-            d = {**{k: v for k, v in LEGACY_VALUES.items() if k not in d}, **d}
-            if "kl_weight" not in d and d.get("model", "xvae") in KL_WEIGHT_MODELS:
-                d["kl_weight"] = 1.0      # runs before --kl-weight trained the ELBO
+            if "model_options" in d:
+                d = {**{k: v for k, v in LEGACY_VALUES.items() if k in cls.field_names() and k not in d}, **d}
+            else:
+                d = {**{k: v for k, v in LEGACY_VALUES.items() if k not in d}, **d}
+                if "kl_weight" not in d and d.get("model", "xvae") in ("xvae", "vae"):
+                    d["kl_weight"] = 1.0      # runs before --kl-weight trained the ELBO
+                d = migrate_flat(d, strict=False)
             if "image_output" not in d and d.get("likelihood") in ("mse", "gaussian") \
                     and parse_dataset_spec(d.get("dataset", "digits")).kind not in VECTOR_KINDS:
                 d["image_output"] = "sigmoid"     # what mse / gaussian image runs used before the option
-        return cls.from_dict(d)
+        cfg = cls.from_dict(d)
+        # a saved config is complete: its model options are the model's dataclass as saved
+        opts = cfg.model_options
+        if cfg.model in RECIPES and isinstance(opts, dict):
+            Options = get_recipe(cfg.model).Options
+            if set(opts) <= set(Options.names()):
+                cfg.model_options = Options(**opts)
+        return cfg
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -246,21 +325,21 @@ class TrainConfig:
             return "standard"
         if self.model != "xvae":
             return self.model
-        if isinstance(self.plan, dict):
-            return str(self.plan.get("name", "custom"))
-        return str(self.plan)
+        from .models.xvae import plan_name
+        return plan_name(self.option("plan"))
 
     def build_plan(self) -> Optional[Plan]:
-        """The routed-transport Plan (None for `single` and the baselines)."""
-        if self.model != "xvae" or self.plan == "single":
+        """The routed-transport Plan (None for `single` and the other models)."""
+        plan = self.option("plan")
+        if self.model != "xvae" or plan == "single":
             return None
-        if isinstance(self.plan, dict):
-            return Plan.from_dict(self.plan)
-        return Plan.preset(self.plan, self.latent)
+        if isinstance(plan, dict):
+            return Plan.from_dict(plan)
+        return Plan.preset(plan, self.latent)
 
     @property
     def uses_mixture(self) -> bool:
-        return self.model == "xvae" and self.plan != "single"
+        return self.model == "xvae" and self.option("plan") != "single"
 
     @property
     def has_stage1(self) -> bool:
@@ -270,6 +349,60 @@ class TrainConfig:
     @property
     def is_baseline(self) -> bool:
         return self.model in BASELINES
+
+
+def _plain_options(obj):
+    if isinstance(obj, ModelOptions):
+        return obj.to_dict()
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not a config value")
+
+
+def _merge_options(given: Any, flat: Dict[str, Any]) -> Any:
+    """The model_options of a new TrainConfig: a resolved dataclass stays one when the changes are its
+    own fields; anything else is the mapping of given values that resolve() checks."""
+    if isinstance(given, ModelOptions):
+        if all(k in specs(given) for k in flat):
+            return given.replace(**flat) if flat else given
+        given = given.to_dict()
+    if given is not None and not isinstance(given, dict):
+        raise ConfigError(f"model_options must be a mapping of the model's options, got "
+                          f"{type(given).__name__}")
+    merged = {**(given or {}), **flat}
+    return merged
+
+
+def migrate_flat(d: Dict[str, Any], strict: bool) -> Dict[str, Any]:
+    """A config in the flat form (before the nested model_options block: every model's options at the
+    top level, the other models' at their defaults) in the nested form. Options the saved model does
+    not declare are dropped when they hold their old default (or `strict` is False: a checkpoint's
+    config, whose other options the old resolve() had reset); otherwise they stay, for resolve() to
+    refuse by name."""
+    if "model_options" in d:
+        return d
+    model = d.get("model", "xvae")
+    if model not in RECIPES:
+        return d          # resolve() names the unknown model
+    own = set(get_recipe(model).Options.names())
+    owners = model_option_owners()
+    out, nested = {}, {}
+    for key, value in d.items():
+        k = str(key).replace("-", "_")
+        if k not in owners:
+            out[key] = value
+        elif k in own:
+            nested[k] = value
+        elif strict and value != _old_default(k):
+            out[key] = value
+    out["model_options"] = nested
+    return out
+
+
+def _old_default(name: str) -> Any:
+    """An option's default as the flat config wrote it (its first declaring model's default)."""
+    for model in model_option_owners()[name]:
+        return declared_defaults(get_recipe(model).Options).get(name)
 
 
 def save_config(cfg: TrainConfig, path: str) -> None:
@@ -284,79 +417,35 @@ def save_config(cfg: TrainConfig, path: str) -> None:
             yaml.safe_dump(d, f, sort_keys=False)
 
 
-def _positive_int(cfg, name, minimum=1):
-    v = getattr(cfg, name)
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {v!r}")
-
-
 def resolve(cfg: TrainConfig) -> TrainConfig:
-    """Fill dataset defaults and validate; returns a new, complete TrainConfig."""
+    """Fill the dataset's and the model's defaults and validate; returns a new, complete TrainConfig
+    whose model_options is the model's own Options dataclass."""
     spec = parse_dataset_spec(cfg.dataset)
+    if cfg.model not in RECIPES:
+        raise ConfigError(f"unknown --model {cfg.model!r}; choose one of {', '.join(model_names())}")
+    recipe = get_recipe(cfg.model)
     defaults = dict(DEFAULTS[spec.kind])
-    if cfg.model in RECIPES:   # a model's own per-dataset sizes and budgets win over the dataset's
-        defaults.update(get_recipe(cfg.model).dataset_defaults.get(spec.kind, {}))
+    defaults.update(recipe.dataset_defaults.get(spec.kind, {}))   # the model's sizes and budgets win
     changes: Dict[str, Any] = {"dataset": str(spec)}
     for key in ("latent", "epochs_ae", "epochs_vae", "hidden", "image_size", "channels", "standardize",
                 "threads"):
         if getattr(cfg, key) is None and key in defaults:
             changes[key] = defaults[key]
     cfg = cfg.replace(**changes)
-    if cfg.model not in MODELS:
-        raise ConfigError(f"unknown --model {cfg.model!r}; choose one of {', '.join(MODELS)}")
-    _positive_int(cfg, "latent")
-    _positive_int(cfg, "batch_size")
-    _positive_int(cfg, "epochs_vae", 0)
-    _positive_int(cfg, "epochs_ae", 0)
-    _positive_int(cfg, "em_n_init")
-    _positive_int(cfg, "em_max_iter")
-    _positive_int(cfg, "n_samples")
-    _positive_int(cfg, "checkpoint_every", 0)
-    _positive_int(cfg, "stop_after", 0)
-    _positive_int(cfg, "eval_every", 0)
-    _positive_int(cfg, "num_workers", 0)
-    if cfg.threads is not None:
-        _positive_int(cfg, "threads")
-    if cfg.limit is not None:
-        _positive_int(cfg, "limit", 2)
-    cfg = _resolve_method(cfg, spec.kind)
-    cfg = _resolve_model_options(cfg, spec.kind)
-    _choice(cfg, "em_backend", EM_BACKENDS)
-    _choice(cfg, "binarize", ("none", "dynamic"))
+    for name, sp in specs(TrainConfig).items():
+        value = getattr(cfg, name)
+        if value is None and (sp.optional or name in ("likelihood",)):
+            continue
+        check_value(name, sp, value)
+    if not cfg.alphas or not all(0 < a < float("inf") for a in cfg.alphas):
+        raise ConfigError(f"--alphas must be a non-empty list of positive finite numbers, got {cfg.alphas!r}")
+    if cfg.hidden is not None and not (cfg.hidden and all(h > 0 for h in cfg.hidden)):
+        raise ConfigError(f"--hidden must be a non-empty list of positive layer sizes, got {cfg.hidden!r}")
     if cfg.binarize != "none" and spec.kind in VECTOR_KINDS:
         raise ConfigError(f"--binarize draws image pixels as Bernoulli(intensity); {spec.kind} is vector "
                           "data")
-    _choice(cfg, "precision", PRECISIONS)
-    _choice(cfg, "channels_last", CHANNELS_LAST)
-    if cfg.lr_schedule not in SCHEDULES:
-        raise ConfigError(f"--lr-schedule must be one of {SCHEDULES}, got {cfg.lr_schedule!r}")
-    for name in ("lr", "alpha"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
-            raise ConfigError(f"--{name} must be a positive finite number, got {v!r}")
-    if not (isinstance(cfg.alphas, list) and cfg.alphas
-            and all(isinstance(a, (int, float)) and not isinstance(a, bool) and 0 < a < float("inf")
-                    for a in cfg.alphas)):
-        raise ConfigError(f"--alphas must be a non-empty list of positive finite numbers, got "
-                          f"{cfg.alphas!r}")
-    if not 0 < cfg.test_fraction < 1:
-        raise ConfigError(f"test_fraction must be in (0, 1), got {cfg.test_fraction!r}")
-    for name in ("em_var_floor", "em_weight_floor", "em_tol", "grad_clip"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
-            raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative finite number, "
-                              f"got {v!r}")
-    # only the mixture X-VAE fits a K-component prior (the other models never read the floor)
-    if cfg.uses_mixture and cfg.em_weight_floor * cfg.latent >= 1:
-        raise ConfigError(f"--em-weight-floor {cfg.em_weight_floor:g} is too large for the C = K = "
-                          f"{cfg.latent} components of --latent {cfg.latent} (it must be < 1/K = "
-                          f"{1 / cfg.latent:.3g}); pass a smaller --em-weight-floor")
-    if cfg.hidden is not None and not (isinstance(cfg.hidden, list) and cfg.hidden
-                                       and all(isinstance(h, int) and h > 0 for h in cfg.hidden)):
-        raise ConfigError(f"hidden must be a non-empty list of positive layer sizes, got {cfg.hidden!r}")
-    if cfg.channels is not None and cfg.channels not in (1, 3):
-        raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {cfg.channels!r}")
-    return cfg
+    cfg = _resolve_likelihood(cfg, spec.kind)
+    return cfg.replace(model_options=_resolve_model_options(cfg, spec.kind))
 
 
 def check_training_rows(cfg: TrainConfig, n_train: int) -> None:
@@ -365,9 +454,10 @@ def check_training_rows(cfg: TrainConfig, n_train: int) -> None:
     which would leave a run folder that can never finish."""
     if cfg.model != "xvae" or not isinstance(cfg.latent, int):
         return
+    plan = cfg.option("plan")
     from .errors import DataError
     from .prior_fit import MIN_ROWS_PER_COMPONENT
-    if cfg.plan == "single":
+    if plan == "single":
         if n_train < 2:
             raise DataError(f"the single-Gaussian prior (--plan single) is fitted on the training "
                             f"split's stage-1 latents and needs at least 2 training rows; the data "
@@ -383,54 +473,24 @@ def check_training_rows(cfg: TrainConfig, n_train: int) -> None:
                                   "single" if n_train >= MIN_ROWS_PER_COMPONENT else ""))
 
 
-def _choice(cfg: TrainConfig, name: str, allowed) -> None:
-    v = getattr(cfg, name)
-    if v not in allowed:
-        raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {v!r}")
-
-
-def _resolve_method(cfg: TrainConfig, kind: str) -> TrainConfig:
-    """Fill the stage-2 method options from --preset (flags win) and clear those the model does not
-    use, so the saved config names what the run did: `kl` and `routing` apply to the mixture X-VAE,
-    `stage2_init` to X-VAE, `likelihood` to every model, `gamma_min` to the gaussian likelihood."""
-    _choice(cfg, "preset", METHOD_PRESETS)
-    choices = dict(METHOD_CHOICES[cfg.preset])
-    if choices["likelihood"] is None:
-        choices["likelihood"] = DEFAULT_LIKELIHOOD[kind]
-    recipe = get_recipe(cfg.model) if cfg.model in RECIPES else None
-    if recipe is not None and recipe.likelihoods is not None:
-        choices["likelihood"] = recipe.likelihoods[0]   # the model's own likelihood, whatever the preset
-    if cfg.model != "xvae":
-        choices["kl_weight"] = 1.0 if cfg.model in KL_WEIGHT_MODELS else None
-    if cfg.kl_weight is not None and cfg.model not in KL_WEIGHT_MODELS:
-        raise ConfigError(f"--kl-weight weights the KL of --model {' or '.join(KL_WEIGHT_MODELS)}; "
-                          f"--model {cfg.model} does not use it")
-    changes = {k: v for k, v in choices.items() if getattr(cfg, k) is None}
-    cfg = cfg.replace(**changes)
-    _choice(cfg, "likelihood", LIKELIHOODS)
-    if recipe is not None and recipe.likelihoods is not None and cfg.likelihood not in recipe.likelihoods:
+def _resolve_likelihood(cfg: TrainConfig, kind: str) -> TrainConfig:
+    """The likelihood every model shares: from --preset (flags win), or the model's own where it fixes
+    one; `gamma_min` applies to the gaussian likelihood."""
+    recipe = get_recipe(cfg.model)
+    if cfg.likelihood is None:
+        if recipe.likelihoods is not None:
+            likelihood = recipe.likelihoods[0]      # the model's own likelihood, whatever the preset
+        else:
+            likelihood = PRESET_LIKELIHOOD[cfg.preset] or DEFAULT_LIKELIHOOD[kind]
+        cfg = cfg.replace(likelihood=likelihood)
+    if recipe.likelihoods is not None and cfg.likelihood not in recipe.likelihoods:
         raise ConfigError(f"--model {cfg.model} uses --likelihood {' or '.join(recipe.likelihoods)} "
                           f"({recipe.likelihood_reason}), got --likelihood {cfg.likelihood}")
     cfg = _resolve_image_output(cfg, kind)
-    g = cfg.gamma_min
-    if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g < float("inf"):
-        raise ConfigError(f"--gamma-min must be a non-negative number, got {g!r}")
-    if g > 0 and cfg.likelihood != "gaussian":
+    if cfg.gamma_min > 0 and cfg.likelihood != "gaussian":
         raise ConfigError(f"--gamma-min floors the learned variance of --likelihood gaussian; this run "
                           f"uses --likelihood {cfg.likelihood}")
-    w = cfg.kl_weight
-    if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < float("inf")):
-        raise ConfigError(f"--kl-weight must be a positive number (1: the ELBO), got {w!r}")
-    xvae = cfg.model == "xvae"
-    mixture = xvae and cfg.plan != "single"
-    if xvae:
-        _choice(cfg, "stage2_init", STAGE2_INITS)
-    if mixture:
-        _choice(cfg, "kl", KL_OBJECTIVES)
-        _choice(cfg, "routing", ROUTINGS)
-    return cfg.replace(kl=cfg.kl if mixture else None, routing=cfg.routing if mixture else None,
-                       stage2_init=cfg.stage2_init if xvae else None,
-                       kl_weight=float(w) if w is not None else None)
+    return cfg
 
 
 def _resolve_image_output(cfg: TrainConfig, kind: str) -> TrainConfig:
@@ -440,7 +500,6 @@ def _resolve_image_output(cfg: TrainConfig, kind: str) -> TrainConfig:
     fix their own likelihood (uae, avae, introprior, twostage: their digits results were measured with
     it), keep the sigmoid until they are measured with the linear mean (docs/choosing-defaults.md)."""
     if cfg.image_output is not None:
-        _choice(cfg, "image_output", IMAGE_OUTPUTS)
         if cfg.likelihood == "bernoulli":
             raise ConfigError("--image-output sets the pixel mean of --likelihood mse or gaussian; "
                               "bernoulli always maps its logits through a sigmoid")
@@ -450,19 +509,93 @@ def _resolve_image_output(cfg: TrainConfig, kind: str) -> TrainConfig:
         return cfg
     if cfg.likelihood == "bernoulli" or kind in VECTOR_KINDS:
         return cfg
-    own = cfg.model in RECIPES and get_recipe(cfg.model).likelihoods is not None
+    own = get_recipe(cfg.model).likelihoods is not None
     return cfg.replace(image_output="linear" if cfg.likelihood == "mse" and not own else "sigmoid")
 
 
-def _resolve_model_options(cfg: TrainConfig, kind: str) -> TrainConfig:
-    """The chosen model's recipe fills and validates its own options; the options other models own
-    go back to their defaults, so a saved config names only what the run uses."""
+def unused_options(model: str, given: Dict[str, Any]) -> List[str]:
+    """The given model options that `model` does not declare."""
+    own = set(get_recipe(model).Options.names())
+    return [k for k in given if k not in own]
+
+
+def _resolve_model_options(cfg: TrainConfig, kind: str) -> ModelOptions:
+    """The chosen model's Options from the given ones: an option the model does not declare is an
+    error naming the flag and the models that use it."""
     recipe = get_recipe(cfg.model)
-    defaults = TrainConfig()
-    owned = set(recipe.options)
-    others = {k for name, r in RECIPES.items() if name != cfg.model for k in r.options} - owned
-    cfg = cfg.replace(**{k: getattr(defaults, k) for k in others})
-    if cfg.arch not in recipe.archs:
-        raise ConfigError(f"--arch {cfg.arch!r} is not available for --model {cfg.model}; it takes "
-                          f"{', '.join(recipe.archs)}")
-    return recipe.resolve_options(cfg, kind)
+    given = cfg.model_options_dict()
+    extra = unused_options(cfg.model, given)
+    if extra:
+        owners = model_option_owners()
+        k = extra[0]
+        sp = specs(get_recipe(owners[k][0]).Options)[k]
+        raise ConfigError(f"{flag_of(k, sp)} is an option of --model {' and '.join(owners[k])}; --model "
+                          f"{cfg.model} does not use it (its options: `python -m xvae_fast.train --model "
+                          f"{cfg.model} --help`)")
+    try:
+        opts = recipe.Options(**given)
+    except TypeError as exc:      # not a declared field: reported above; anything else is a bug
+        raise ConfigError(f"bad options for --model {cfg.model}: {exc}") from exc
+    return opts.resolve(cfg, kind)
+
+
+# Shared options that apply to some data kinds or models only: given explicitly elsewhere, an error.
+IMAGE_KINDS = ("digits", "mnist", "celeba", "images")
+
+
+def inapplicable_options(cfg: TrainConfig, explicit: Set[str]) -> Optional[str]:
+    """Why one of the explicitly given shared options does not apply to this run, or None (an unknown
+    model or dataset is left to resolve() to name)."""
+    if cfg.model not in RECIPES:
+        return None
+    try:
+        kind = parse_dataset_spec(cfg.dataset).kind
+    except ConfigError:
+        return None
+    recipe = get_recipe(cfg.model)
+    if "epochs_ae" in explicit and not recipe.pretrains_autoencoder:
+        return (f"--epochs-ae sets the epochs of X-VAE's stage-1 autoencoder; --model {cfg.model} has no "
+                "stage 1 (its epochs are --epochs-vae)")
+    if "download" in explicit and cfg.download and kind != "mnist":
+        return f"--download fetches MNIST; --dataset {cfg.dataset} is not mnist"
+    if "npz_key" in explicit and kind != "npy":
+        return f"--npz-key names an array in an .npz file; --dataset {cfg.dataset} is not npy"
+    for key in ("image_size", "channels"):
+        if key in explicit and kind not in ("celeba", "images"):
+            return (f"--{key.replace('_', '-')} applies to celeba and images folders; --dataset "
+                    f"{cfg.dataset} has a fixed shape")
+    if "standardize" in explicit and kind in IMAGE_KINDS:
+        return f"--standardize z-scores vector features; --dataset {cfg.dataset} is images"
+    return None
+
+
+def applicable_argv(model: str, dataset: str, argv: List[str], takes_value) -> List[str]:
+    """`argv` less the flags (and their values) that `model` on `dataset` does not use: a model option
+    of another model, or a shared option inapplicable_options() refuses (for tools that pass one set of
+    flags to several models, e.g. compare's --quick). `takes_value(flag)` says whether a flag reads a
+    value (None: not a flag of the trainer)."""
+    owners = model_option_owners()
+    flag_names = {}
+    for m in model_names():
+        for name, sp in specs(get_recipe(m).Options).items():
+            flag_names[flag_of(name, sp)] = name
+    for name, sp in specs(TrainConfig).items():
+        flag_names[flag_of(name, sp)] = name
+    cfg = None
+    out, i = [], 0
+    while i < len(argv):
+        tok = argv[i]
+        flag = tok.split("=", 1)[0]
+        n = 1 + (1 if "=" not in tok and takes_value(flag) else 0)
+        name = flag_names.get(flag)
+        drop = False
+        if name in owners and model not in owners[name]:
+            drop = True
+        elif name in ("epochs_ae", "download", "npz_key", "image_size", "channels", "standardize"):
+            if cfg is None:
+                cfg = TrainConfig(model=model, dataset=dataset)
+            drop = inapplicable_options(cfg, {name}) is not None
+        if not drop:
+            out += argv[i:i + n]
+        i += n
+    return out

@@ -14,7 +14,7 @@ import dataclasses
 import sys
 from typing import List, Optional
 
-from .errors import XVAEError
+from .errors import ConfigError, XVAEError
 
 EPILOG = """\
 examples:
@@ -121,19 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for eval.json, eval.md and the figures (default: the run folder)")
     g.add_argument("--grid-size", type=int, metavar="N", default=64, help="samples per alpha in the grids (default 64)")
     g.add_argument("--no-figures", action="store_true", help="write no plot or sample grids")
-    g.add_argument("--expost", action=argparse.BooleanOptionalAction, default=None,
-                   help="also evaluate the run's ex-post reference (its stage-1 autoencoder decoding "
-                   "per-row samples of the fitted prior; eval_expost.json/.md), the row every two-stage "
-                   "model must beat (default: on for X-VAE runs). A Two-Stage VAE run also gets its "
-                   "stage-1-only sampling (eval_stage1.json), an AVAE run its decoder on N(0, I) "
-                   "(eval_normal.json); --no-expost skips every reference")
+    g.add_argument("--references", "--expost", dest="references", action=argparse.BooleanOptionalAction,
+                   default=None,
+                   help="also evaluate the run's reference samplers, each to eval_<name>.json/.md: X-VAE's "
+                   "ex-post reference (expost: its stage-1 autoencoder decoding per-row samples of the "
+                   "fitted prior, the row every two-stage model must beat), the Two-Stage VAE's "
+                   "stage-1-only sampling (stage1), the AVAE's decoder on N(0, I) (normal). Default: "
+                   "those the run provides; --references: all its model declares, an error where one is "
+                   "missing; --no-references (or its old name --no-expost) skips them")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--quiet", action="store_true", help="print only the result table")
     return p
 
 
 def options_from_args(args):
-    from .errors import ConfigError
     from .evaluation.protocol import Protocol
     from .evaluation.runner import EvalOptions
     proto = Protocol(n_real=args.n_real, n_fake=args.n_fake, real_split=args.real_split,
@@ -163,21 +164,18 @@ def options_from_args(args):
                        figures=not args.no_figures, progress=not args.no_progress, log=log, nll=nll)
 
 
-def _references(run: str) -> List[str]:
-    """The reference samplers evaluated beside a run by default: X-VAE's ex-post reference (a run past
-    its prior fit), the Two-Stage VAE's stage-1-only sampling, the AVAE's N(0, I) sampling."""
-    from .config import TrainConfig
-    from .models import get_recipe
-    from .training import checkpoint as ckpt
-    ck = ckpt.load_checkpoint(run)
-    refs = []
-    if ck["models"].get("ae") is not None and ck.get("prior") is not None:
-        refs.append("expost")
-    try:
-        refs += list(get_recipe(TrainConfig.from_saved(ck["config"]).model).reference_samplers)
-    except (ValueError, XVAEError):
-        pass
-    return refs
+def _references(run: str, required: bool) -> List[str]:
+    """The reference samplers to evaluate beside a run: those its recipe declares and its checkpoint
+    provides; `required`: every declared one (evaluate_run then says why one is missing), and at
+    least one."""
+    from .run_loading import load_recipe
+    cfg, _, recipe, _ = load_recipe(run)
+    if required:
+        if not recipe.reference_samplers:
+            raise ConfigError(f"--references: --model {cfg.model} has no reference samplers (X-VAE has "
+                              "expost, twostage stage1, avae normal)")
+        return list(recipe.reference_samplers)
+    return list(recipe.available_references())
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -190,11 +188,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         report = evaluate_run(args.run, opts)
         paths = write_report(report, figures=opts.figures)
         references = []
-        if args.expost is not False:
-            names = _references(args.run)
-            if args.expost and "expost" not in names:
-                names.insert(0, "expost")  # asked for: evaluate_run says why a run has none
-            for name in names:
+        if args.references is not False:
+            for name in _references(args.run, required=bool(args.references)):
                 ref = evaluate_run(args.run, dataclasses.replace(opts, model=name, figures=False,
                                                                  nll=None))
                 write_report(ref, figures=False, json_name=f"eval_{name}.json", md_name=f"eval_{name}.md")

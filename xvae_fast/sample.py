@@ -159,11 +159,11 @@ def write_npy_stream(batches, n: int, shape, path: str) -> Tuple[int, ...]:
 def training_points(run: str, limit: int = SCATTER_DATA) -> Optional[np.ndarray]:
     """Up to `limit` training examples of a vector run, in data units (the faint scatter background);
     None when the data cannot be read here."""
+    from .checkpoint_file import load_checkpoint
     from .config import TrainConfig
     from .data import load_dataset
-    from .training import checkpoint as ckpt
     try:
-        cfg = TrainConfig.from_saved(ckpt.load_checkpoint(run)["config"])
+        cfg = TrainConfig.from_saved(load_checkpoint(run)["config"])
         bundle = load_dataset(cfg)
         n = min(limit, len(bundle.train))
         rows = torch.randperm(len(bundle.train), generator=torch.Generator().manual_seed(0))[:n]
@@ -177,7 +177,7 @@ def write_samples(x: torch.Tensor, info, path: str, nrow: int = 8, title: str = 
     """An in-memory batch to .npy or .png (the image grid, or for vectors a scatter over the faint
     `reference` points)."""
     check_out_file(path, "--out", (".npy", ".png"))
-    from .training.plots import save_image_grid, save_scatter
+    from .plots import save_image_grid, save_scatter
     try:
         if path.lower().endswith(".npy"):
             np.save(path, x.numpy())

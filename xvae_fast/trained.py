@@ -261,8 +261,8 @@ class TrainedModel:
 
 # -- loading ----------------------------------------------------------------------------------------
 def _load_export(folder: str, device: str) -> TrainedModel:
+    from .devices import pick_device
     from .models import build_recipe, get_ops
-    from .training.trainer import pick_device
     ex = export_format.read(folder)
     dev = pick_device(device)
     try:
@@ -301,7 +301,8 @@ def _load_export(folder: str, device: str) -> TrainedModel:
 
 
 def _load_run(run: str, device: str) -> TrainedModel:
-    from .training.trainer import load_recipe, pick_device
+    from .devices import pick_device
+    from .run_loading import load_recipe
     cfg, info, recipe, ck = load_recipe(run, device)
     source = {"kind": "run", "path": os.path.abspath(run), "step": int(ck["step"])}
     return TrainedModel(cfg, info, recipe, ck["stage"], source, pick_device(device))

@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..atomic_file import atomic_path
 from ..errors import DataError
 from .base import DataBundle, image_bundle
 
@@ -66,9 +67,8 @@ def download_mnist(folder: str) -> None:
         errors = []
         for mirror in MIRRORS:
             try:
-                tmp = target + ".part"
-                urllib.request.urlretrieve(mirror + stem + ".gz", tmp)
-                os.replace(tmp, target)
+                with atomic_path(target) as tmp:
+                    urllib.request.urlretrieve(mirror + stem + ".gz", tmp)
                 break
             except Exception as exc:  # network errors of every kind
                 errors.append(f"{mirror}: {exc}")

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DataError
+from ..atomic_file import atomic_open
+from ..errors import DataError, DiskFullError
 
 RECIPE_VERSION = 1
 FEATURE_DIMS = {"lenet": 64, "mlp": 32}
@@ -242,12 +243,10 @@ def get_classifier(bundle, cache_dir: Optional[str] = None, recipe: Recipe = Rec
             f"(cached in {cache_dir})")
     fc = train_classifier(info.kind, info.shape, x_train, y_train, x_test, y_test, recipe, progress)
     try:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        torch.save({"state_dict": fc.model.state_dict(), "meta": fc.meta}, tmp)
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as f:
+            torch.save({"state_dict": fc.model.state_dict(), "meta": fc.meta}, f)
         fc.meta.update(cache_file=path, cached=False)
-    except OSError as exc:
+    except (OSError, DiskFullError) as exc:      # a cache that cannot be written: retrain next time
         warnings.warn(f"could not cache the feature classifier in {cache_dir!r}: {exc}")
         fc.meta.update(cache_file=None, cached=False)
     return fc

@@ -8,6 +8,8 @@ import json
 import os
 from typing import Any, Dict
 
+from ..atomic_file import write_json
+from ..checkpoint_file import CHECKPOINT
 from .runner import EvalOptions, evaluate_run
 
 
@@ -47,15 +49,13 @@ def headline_metrics(report: Dict[str, Any]) -> Dict[str, Any]:
 def evaluate_cached(run_dir: str, opts: EvalOptions, name: str) -> Dict[str, Any]:
     """evaluate_run(run_dir, opts) (figures off), reusing run_dir/<name>.json when it was written
     after the run's checkpoint with the same model, protocol and feature-network options."""
-    from ..training import checkpoint as ckpt
-    from ..training.metrics import write_json
     key = {"model": opts.model, "protocol": opts.protocol.to_dict(), "metrics": opts.metrics,
            "inception": opts.inception_weights, "classifier_steps": opts.classifier_steps}
     if opts.nll is not None:    # (absent otherwise, so reports cached before --nll stay valid)
         key["nll"] = dataclasses.asdict(opts.nll)
     path = os.path.join(run_dir, f"{name}.json")
     if os.path.isfile(path) and os.path.getmtime(path) >= os.path.getmtime(
-            os.path.join(run_dir, ckpt.CHECKPOINT)):
+            os.path.join(run_dir, CHECKPOINT)):
         with open(path, encoding="utf-8") as f:
             cached = json.load(f)
         if cached.get("key") == key:

@@ -61,7 +61,7 @@ DECODED_ELEMENTS = 1 << 22 # default chunk: about this many decoded values (rows
 BINARIZE_SEED = FIXED_SEED          # the fixed seed of --nll-binarize
 BINARIZE_BATCH = FIXED_BATCH    # the test split is binarised in order, in batches of this size
 _BLOCK_ELEMENTS = 1 << 22  # float64 elements of a (rows, coordinates, components) temporary
-NLL_SEED_OFFSET = 16       # the importance-sampling noise: --seed + 16 (runner.py's offsets are 11-15)
+NLL_SEED_OFFSET = 16       # the importance-sampling noise: --seed + 16 (units.py's offsets are 11-15)
 
 
 class NLLUndefinedError(ConfigError):

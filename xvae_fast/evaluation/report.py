@@ -8,17 +8,15 @@ import math
 import os
 from typing import Any, Dict, List, Optional
 
+from ..atomic_file import write_json
+
 LABELS = {"fd_lenet": "FD-LeNet", "fd_mlp": "FD-MLP", "fd_data": "FD-data", "fid": "FID"}
 
 
 def model_name(report: Dict[str, Any]) -> str:
     model, plan = report.get("model"), report.get("plan")
-    if model == "expost":
-        return "ex-post reference (stage-1 AE + fitted prior)"
-    if model == "stage1":
-        return "twostage, stage-1-only sampling (z ~ N(0, I))"
-    if model == "normal":
-        return "avae, prior sampling (z ~ N(0, I))"
+    if report.get("evaluated", "vae") != "vae":      # a reference sampler names itself
+        return str(report.get("reference") or f"{model} reference ({plan})")
     return str(model) if not plan or plan in (model, "standard") else f"{model} ({plan})"
 
 
@@ -81,6 +79,18 @@ def markdown_row(report: Dict[str, Any], *more: Dict[str, Any]) -> str:
     return "\n".join([head, sep] + rows)
 
 
+def provenance_line(p: Optional[Dict[str, Any]]) -> Optional[str]:
+    """One line for reports: how a run was trained (summary.json's `provenance`, training/provenance.py)."""
+    if not p:
+        return None
+    where = p.get("device_name") or p.get("device")
+    ranks = f"{p['world_size']} ranks ({p.get('backend')})" if p.get("world_size", 1) > 1 else "1 process"
+    rev = p.get("source_revision")
+    return (f"{ranks} on {where}, {p.get('threads')} threads, {p.get('precision')}; torch {p.get('torch')}, "
+            f"xvae_fast {p.get('xvae_fast')}" + (f" ({rev[:12]}{'+dirty' if rev.endswith('+dirty') else ''})"
+                                                if rev else ""))
+
+
 def markdown(report: Dict[str, Any]) -> str:
     p = report["protocol"]
     lines = [f"# Evaluation of `{report['run']}`", "",
@@ -88,7 +98,6 @@ def markdown(report: Dict[str, Any]) -> str:
              f"{report['sample_alpha']:g}" + (f", {p['routing']} routing" if report.get("routing_applies")
                                                else "") + f"; device {report['device']}.", "",
              markdown_row(report), ""]
-    from ..training.provenance import provenance_line
     trained = provenance_line(report.get("training_provenance"))
     if trained:
         lines += [f"Trained with: {trained}.", ""]
@@ -152,7 +161,7 @@ def markdown(report: Dict[str, Any]) -> str:
 
 def write_figures(report: Dict[str, Any], grids, out: str, kind: str, reference=None) -> Dict[str, str]:
     """The sweep plot and the sample grids per alpha; returns {name: file name in out}."""
-    from ..training.plots import plot_alpha_sweep, save_image_grid, save_image_rows, save_scatter
+    from ..plots import plot_alpha_sweep, save_image_grid, save_image_rows, save_scatter
     files: Dict[str, str] = {}
     sw = report.get("sweep")
     if sw and sw["values"]:
@@ -204,7 +213,6 @@ def write_report(report: Dict[str, Any], out: Optional[str] = None, figures: boo
         files.update(write_figures(report, grids, out, report["data_kind"], reference))
     files["json"], files["markdown"] = json_name, md_name
     report["files"] = files
-    from ..training.metrics import write_json
     write_json(report, os.path.join(out, json_name))
     with open(os.path.join(out, md_name), "w", encoding="utf-8") as f:
         f.write(markdown(report))

@@ -76,14 +76,14 @@ def measure(vae, ae, prior, cfg, fc, real_f, x_train, x_test, ops) -> Dict[str, 
     z = ops.sample_prior(prior, N_FAKE, 1.0, "per-row", generator=g)
     out["fd_samples"] = _fd(fc, real_f, _decode(vae, z.float()))
     mu_tr, lv_tr = _encode(vae, x_train)
-    fit = fit_mixture(mu_tr, cfg.latent, seed=cfg.seed, n_init=cfg.em_n_init, max_iter=cfg.em_max_iter,
-                      tol=cfg.em_tol, var_floor=cfg.em_var_floor, weight_floor=cfg.em_weight_floor)
+    fit = fit_mixture(mu_tr, cfg.latent, seed=cfg.seed, n_init=cfg.model_options.em_n_init, max_iter=cfg.model_options.em_max_iter,
+                      tol=cfg.model_options.em_tol, var_floor=cfg.model_options.em_var_floor, weight_floor=cfg.model_options.em_weight_floor)
     zr = ops.sample_prior(fit.prior, N_FAKE, 1.0, "per-row", generator=g)
     out["fd_refit"] = _fd(fc, real_f, _decode(vae, zr.float()))
     # ... and on posterior draws (the aggregate posterior itself)
     draws = mu_tr + torch.exp(0.5 * lv_tr) * torch.randn(mu_tr.shape, generator=g)
-    fit = fit_mixture(draws, cfg.latent, seed=cfg.seed, n_init=cfg.em_n_init, max_iter=cfg.em_max_iter,
-                      tol=cfg.em_tol, var_floor=cfg.em_var_floor, weight_floor=cfg.em_weight_floor)
+    fit = fit_mixture(draws, cfg.latent, seed=cfg.seed, n_init=cfg.model_options.em_n_init, max_iter=cfg.model_options.em_max_iter,
+                      tol=cfg.model_options.em_tol, var_floor=cfg.model_options.em_var_floor, weight_floor=cfg.model_options.em_weight_floor)
     zr = ops.sample_prior(fit.prior, N_FAKE, 1.0, "per-row", generator=g)
     out["fd_refit_draws"] = _fd(fc, real_f, _decode(vae, zr.float()))
     z = ops.sample_prior(prior, N_FAKE, 0.8, "per-row", generator=g)
@@ -127,7 +127,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg, explicit = parse_config(train_argv + ["--out", os.path.join(args.out, "run"), "--overwrite",
                                                    "--no-outputs", "--no-progress"])
         resolved = resolve(cfg)
-        if resolved.model != "xvae" or resolved.plan == "single":
+        if resolved.model != "xvae" or resolved.option("plan") == "single":
             raise XVAEError("the trace follows a mixture X-VAE's stage 2 (--model xvae, not --plan single)")
         if args.epochs and not all(e.strip().isdigit() for e in args.epochs.split(",")):
             raise XVAEError(f"--epochs must be comma-separated non-negative integers, got {args.epochs!r}")

@@ -91,7 +91,7 @@ def run_sweep(data: str, out: str, seeds: Sequence[int], setups: Sequence[str],
               dataset: Optional[str] = None) -> Dict[str, Any]:
     """Train (or reuse) and evaluate every (seed, setup); returns the raw per-seed records. `dataset`
     is the --dataset spec when it is not `data` itself (mnist:DIR)."""
-    from ..train import parse_config
+    from ..train import applicable_flags, parse_config
     from ..training.runs import train_or_reuse
     table = setups_for(data)
     unknown = [s for s in setups if s not in table]
@@ -105,7 +105,7 @@ def run_sweep(data: str, out: str, seeds: Sequence[int], setups: Sequence[str],
             run_dir = _run_dir(out, seed, setup)
             argv = (["--dataset", dataset or data, "--seed", str(seed), "--out", run_dir, "--no-progress"]
                     + list(table[setup][1]) + list(extra))
-            cfg, explicit = parse_config(argv)
+            cfg, explicit = parse_config(applicable_flags(argv))
             from ..config import resolve
             resolved = resolve(cfg)
             group = resolved.likelihood
@@ -128,7 +128,7 @@ def run_sweep(data: str, out: str, seeds: Sequence[int], setups: Sequence[str],
                                    "test_kl": summary["test"]["kl"],
                                    "test_kl_cat": summary["test"].get("kl_cat"),
                                    "test_recon": summary["test"]["recon"]}
-            mixture = resolved.model == "xvae" and resolved.plan != "single"
+            mixture = resolved.model == "xvae" and resolved.option("plan") != "single"
             for routing in (ROUTINGS if mixture else (None,)):
                 m = _eval(run_dir, "vae", routing, settings=eval_settings)
                 key = routing or "per-row"
@@ -142,7 +142,7 @@ def run_sweep(data: str, out: str, seeds: Sequence[int], setups: Sequence[str],
                     rec["expost"] = _eval(run_dir, "expost", "per-row", settings=eval_settings)
             records[f"{seed}/{setup}"] = rec
             if verbose:
-                head = rec["routings"].get(resolved.routing or "per-row", {})
+                head = rec["routings"].get(resolved.option("routing") or "per-row", {})
                 print(f"[sweep] seed {seed} {setup}: {status}, test objective "
                       f"{rec['test_objective']:.4g}, sample FD {head.get('fd_samples', float('nan')):.4g}"
                       f" ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
@@ -239,13 +239,13 @@ def _plot(records, rows, data: str, out: str) -> Optional[str]:
     path = os.path.join(out, "samples_by_setup.png")
     if data == "clusters":
         from ..data.builtin import make_clusters
-        from ..training.plots import save_scatter
+        from ..plots import save_scatter
         ref, _ = make_clusters(600, seed=1)
         sets = [sample_run(run, 1000, routing=None, seed=0)[0].numpy() for _, run in runs]
         save_scatter(sets, [name for name, _ in runs], path, f"samples per setup (seed {seed}; grey: data)",
                      panels=True, reference=ref)
     else:
-        from ..training.plots import save_image_rows
+        from ..plots import save_image_rows
         sets = [sample_run(run, 16, routing=None, seed=0)[0] for _, run in runs]
         save_image_rows(sets, [name for name, _ in runs], path, f"samples per setup (seed {seed}, alpha 1)")
     return path
@@ -253,7 +253,7 @@ def _plot(records, rows, data: str, out: str) -> Optional[str]:
 
 def write_results(out: str, payload: Dict[str, Any], markdown: str) -> None:
     """A runner's results.json (every record) and results.md (the tables) in `out`."""
-    from ..training.metrics import write_json
+    from ..atomic_file import write_json
     write_json(payload, os.path.join(out, "results.json"))
     with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
         f.write(markdown)

@@ -139,7 +139,7 @@ def run_benchmark(out: str, datasets: Sequence[str], models: Sequence[str], seed
                   verbose: bool = True, batch_size: int = SHORT_BATCH) -> Dict[str, Dict[str, Any]]:
     """Train (or reuse) and evaluate every (dataset, seed, model); the per-run records."""
     from ..config import resolve
-    from ..train import parse_config
+    from ..train import applicable_flags, parse_config
     from ..training.runs import train_or_reuse
     records: Dict[str, Dict[str, Any]] = {}
     for dataset in datasets:
@@ -148,12 +148,13 @@ def run_benchmark(out: str, datasets: Sequence[str], models: Sequence[str], seed
                 run_dir = _run_dir(out, dataset, seed, model)
                 head = ["--dataset", dataset, "--seed", str(seed), "--out", run_dir, "--no-progress",
                         "--batch-size", str(batch_size)] + list(MODELS[model][1])
-                asked = resolve(parse_config(head + list(extra))[0])
+                asked = resolve(parse_config(applicable_flags(head + list(extra)))[0])
                 n_epochs = epochs   # else from steps; the caller's --batch-size, --limit, ... count
                 if n_epochs is None:
                     n_epochs = math.ceil(steps / _steps_per_epoch(asked))
                 # the caller's flags come last, so an explicit --epochs-vae wins over the schedule
-                cfg, explicit = parse_config(head + schedule_flags(asked.model, n_epochs, asked) + list(extra))
+                cfg, explicit = parse_config(applicable_flags(head + schedule_flags(asked.model, n_epochs, asked)
+                                                              + list(extra)))
                 if not train and not os.path.isfile(os.path.join(run_dir, "summary.json")):
                     continue
                 if verbose:
@@ -241,7 +242,7 @@ def plot_scatters(records, datasets, models, seeds, out: str) -> List[str]:
     """scatter_<dataset>_<model>.png: one panel per seed, samples over fresh data points (grey)."""
     from ..data.toy2d import reference_points
     from ..sample import sample_run
-    from ..training.plots import save_scatter
+    from ..plots import save_scatter
     written = []
     for d in datasets:
         ref = reference_points(d, N_SCATTER, seed=1)

@@ -38,6 +38,7 @@ III-B3), x = D(z); `generate_prior` decodes N(0, alpha^2 I) (the reference sampl
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -48,10 +49,13 @@ from torch import nn
 from ..bandwidth import Bandwidth, bandwidth_for, given_bandwidth
 from ..data.base import SubsetData
 from .architectures import build_body, build_decoder
+from .generative import GenerativeModule
 from .baseline import check_routing, count
 from .likelihood import Likelihood, SquaredError
 from .ops import get_ops
-from .protocol import ModelRecipe, ReferenceSampler, Stage, positive_int_option, register
+from ..errors import ConfigError
+from ..options import ModelOptions, option
+from .protocol import ModelRecipe, ReferenceSampler, Stage, register
 
 LOG_2PI = math.log(2 * math.pi)
 LN10 = math.log(10.0)
@@ -99,20 +103,21 @@ def floor_log_epsilon(latent: int, h: float, max_cdf: float) -> float:
     return -0.5 * float(chi2.ppf(max_cdf, df=latent)) - latent * math.log(h)
 
 
-def reading(cfg) -> str:
-    """'paper' or a description of the code-parity options a run uses."""
+def reading(opts) -> str:
+    """'paper' or a description of the code-parity options a run uses (`opts`: its AVAEOptions)."""
     parts = []
-    if cfg.avae_beta != "rule":
-        parts.append(f"beta {cfg.avae_beta}")
-    if cfg.avae_kde_floor is not None:
-        parts.append(f"KDE floor max_cdf {cfg.avae_kde_floor:g}, log10")
+    if opts.avae_beta != "rule":
+        parts.append(f"beta {opts.avae_beta}")
+    if opts.avae_kde_floor is not None:
+        parts.append(f"KDE floor max_cdf {opts.avae_kde_floor:g}, log10")
     return "paper" if not parts else "code parity (" + "; ".join(parts) + ")"
 
 
 # -- the model --------------------------------------------------------------------------------------
-class AVAE(nn.Module):
+class AVAE(GenerativeModule):
     """Deterministic encoder and decoder of the AVAE with the library's common model interface; the
     bandwidth h (and h_opt) are buffers, so a checkpoint samples without the estimator."""
+    interpolates = True        # interpolate(x1, x2, t): evaluate scores the interpolation FD
 
     mode = "avae"
     requires_prior_fit = False
@@ -236,6 +241,8 @@ class NormalSampler(ReferenceSampler):
     """The AVAE's reference sampler: its decoder on N(0, I) instead of N(0, (1 - h^2) I) (the
     "silent quality loss" of SPEC-related 2.6)."""
     mode = "normal"
+    reference_title = "prior sampling"
+    reference_label = "AVAE decoder on N(0, I)"
 
     @torch.no_grad()
     def generate(self, n: int, alpha: float = 1.0, routing: Optional[str] = None, generator=None):
@@ -328,14 +335,53 @@ class PlateauPerEpoch:
 
 
 # -- the recipe the trainer drives (models/protocol.py) --------------------------------------------
+@dataclasses.dataclass
+class AVAEOptions(ModelOptions):
+    avae_centres: Optional[int] = option(
+        None, "KDE centres m, redrawn every epoch (at most half of the rows left after the validation "
+        "part)", type="int", metavar="M", minimum=2, optional=True,
+        default_text="digits 512, mnist 10000, celeba 20000, else 1000")
+    avae_val_fraction: float = option(0.1, "share of the training set held out to set beta and the "
+                                      "plateau schedule", metavar="F", above=0, below=1)
+    avae_refresh_steps: int = option(10, "k_b: re-encode the centres every KB global steps and at each "
+                                     "epoch's new subset", metavar="KB", minimum=1)
+    avae_beta: str = option("rule", "rule (paper Eq. 9: mean validation ||x - D(E(x))||), rms (the authors' "
+                            "trainer: root mean square), rms:V (rms from V at epoch 0), const:V (a fixed "
+                            "weight, e.g. const:6.14 for the code's MNIST weight)", metavar="RULE")
+    avae_bandwidth: Optional[float] = option(
+        None, "the used KDE bandwidth h in (0, 1)", type="float", metavar="H", above=0, below=1,
+        optional=True, default_text="h_opt(l, m) estimated, then h = h_opt / sqrt(1 + h_opt^2)")
+    avae_kde_floor: Optional[float] = option(
+        None, "the authors' code's KL term: linear-space KDE plus the floor exp(-chi2_l^-1(MAX_CDF)/2) "
+        "h^-l, in log10 (e.g. 0.999999 for MNIST)", type="float", metavar="MAX_CDF", above=0, below=1,
+        optional=True, default_text="the paper's natural-log logsumexp, no floor")
+    avae_lr_plateau: Optional[int] = option(
+        None, "halve the learning rate when the validation loss has not improved for P epochs (0: off; "
+        "with 0 --lr-schedule applies)", type="int", metavar="P", minimum=0,
+        per_dataset={**PLATEAU_PATIENCE, "*": 0})
+
+    def finish(self, cfg, kind):
+        if cfg.epochs_vae < 1:
+            raise ConfigError("the AVAE's KDE centres and beta come from training: --epochs-vae must be "
+                              f">= 1, got {cfg.epochs_vae}")
+        try:
+            parse_beta(self.avae_beta)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        p = self.avae_lr_plateau
+        if p > 0 and cfg.lr_schedule != "none":
+            raise ConfigError(f"--avae-lr-plateau {p} and --lr-schedule {cfg.lr_schedule} are two learning-"
+                              "rate schedules: choose one (--avae-lr-plateau 0 uses --lr-schedule)")
+        return self
+
+
 @register
 class AVAERecipe(ModelRecipe):
     """Stages: `vae` (the AVAE on the epoch's SGD set, the KDE centres refreshed every k_b steps) and
     `latents` (the latent diagnostics of summary.json)."""
     name = "avae"
     title = "AVAE"
-    options = ("avae_centres", "avae_val_fraction", "avae_refresh_steps", "avae_beta", "avae_bandwidth",
-               "avae_kde_floor", "avae_lr_plateau")
+    Options = AVAEOptions
     likelihoods = ("mse", "bernoulli")
     likelihood_reason = "the paper's Gaussian decoder (summed squared error) or a Bernoulli one, paper 002"
     reference_samplers = ("normal",)
@@ -343,49 +389,8 @@ class AVAERecipe(ModelRecipe):
     dataset_defaults = {"digits": {"latent": 8, "epochs_vae": 100}, "mnist": {"latent": 16, "epochs_vae": 50},
                         "celeba": {"latent": 64, "epochs_vae": 50}}
 
-    @classmethod
-    def resolve_options(cls, cfg, kind):
-        from ..errors import ConfigError
-        if cfg.epochs_vae < 1:
-            raise ConfigError("the AVAE's KDE centres and beta come from training: --epochs-vae must be "
-                              f">= 1, got {cfg.epochs_vae}")
-        if cfg.avae_centres is not None:
-            v = cfg.avae_centres
-            if isinstance(v, bool) or not isinstance(v, int) or v < 2:
-                raise ConfigError(f"--avae-centres must be an integer >= 2 (KDE centres m), got {v!r}")
-        f = cfg.avae_val_fraction
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
-            raise ConfigError(f"--avae-val-fraction must lie in (0, 1) (the held-out share of the training "
-                              f"set that sets beta), got {f!r}")
-        try:
-            positive_int_option(cfg, "avae_refresh_steps")
-        except ConfigError:
-            raise ConfigError(f"--avae-refresh-steps must be an integer >= 1 (k_b), got "
-                              f"{cfg.avae_refresh_steps!r}") from None
-        try:
-            parse_beta(cfg.avae_beta)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        h = cfg.avae_bandwidth
-        if h is not None and (isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h < 1):
-            raise ConfigError(f"--avae-bandwidth is the used bandwidth h and must lie in (0, 1) (the "
-                              f"samples' variance is 1 - h^2), got {h!r}")
-        c = cfg.avae_kde_floor
-        if c is not None and (isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < 1):
-            raise ConfigError(f"--avae-kde-floor is the code's max_cdf and must lie in (0, 1), got {c!r}")
-        if cfg.avae_lr_plateau is None:
-            cfg = cfg.replace(avae_lr_plateau=PLATEAU_PATIENCE.get(kind, 0))
-        p = cfg.avae_lr_plateau
-        if isinstance(p, bool) or not isinstance(p, int) or p < 0:
-            raise ConfigError(f"--avae-lr-plateau must be an integer >= 0 (patience in epochs; 0: off), "
-                              f"got {p!r}")
-        if p > 0 and cfg.lr_schedule != "none":
-            raise ConfigError(f"--avae-lr-plateau {p} and --lr-schedule {cfg.lr_schedule} are two learning-"
-                              "rate schedules: choose one (--avae-lr-plateau 0 uses --lr-schedule)")
-        return cfg
-
     def __init__(self, cfg, info, ops=None):
-        self.beta_kind, self.beta_value = parse_beta(cfg.avae_beta)
+        self.beta_kind, self.beta_value = parse_beta(cfg.option("avae_beta", "rule"))
         self.bw: Optional[Bandwidth] = None
         self.centres: Optional[torch.Tensor] = None
         self.centres_epoch: Optional[int] = None       # the epoch whose KDE subset the centres encode
@@ -405,12 +410,12 @@ class AVAERecipe(ModelRecipe):
 
     @property
     def display_name(self) -> str:
-        return "AVAE" if reading(self.cfg) == "paper" else f"AVAE ({reading(self.cfg)})"
+        return "AVAE" if reading(self.opts) == "paper" else f"AVAE ({reading(self.opts)})"
 
     def build(self):
         c, i = self.cfg, self.info
         return {"ae": None, "vae": AVAE(i.kind, i.shape, c.latent, self.hidden, ops=self.ops,
-                                        likelihood=self.likelihood(), kde_floor=c.avae_kde_floor)}
+                                        likelihood=self.likelihood(), kde_floor=self.opts.avae_kde_floor)}
 
     def stages(self):
         return [Stage("vae", "train", "AVAE", self.cfg.epochs_vae, TERMS),
@@ -423,7 +428,7 @@ class AVAERecipe(ModelRecipe):
         return self.stage("vae")
 
     def objective_units(self) -> str:
-        kl = "log10, the code's floored KDE" if self.cfg.avae_kde_floor is not None else "nats"
+        kl = "log10, the code's floored KDE" if self.opts.avae_kde_floor is not None else "nats"
         return f"{self.generative.likelihood.units} + beta * (log q_KDE(z) - log p(z)) ({kl})"
 
     # -- the data layout: validation part, KDE subset, SGD set -------------------------------------
@@ -432,13 +437,13 @@ class AVAERecipe(ModelRecipe):
         n = len(data.train)
         if self._layout_n == n:
             return
-        n_val = min(max(1, int(math.ceil(n * self.cfg.avae_val_fraction))), n - 1)
+        n_val = min(max(1, int(math.ceil(n * self.opts.avae_val_fraction))), n - 1)
         perm = np.random.default_rng([self.cfg.split_seed % 2 ** 32, VAL_STREAM]).permutation(n)
         self.val_index = np.sort(perm[:n_val])
         self.pool = np.sort(perm[n_val:])
         from ..data.spec import parse_dataset_spec
         kind = parse_dataset_spec(self.cfg.dataset).kind
-        m = self.cfg.avae_centres
+        m = self.opts.avae_centres
         if m is None:
             m = min(CENTRES.get(kind, DEFAULT_CENTRES_OTHER), len(self.pool) // 2)
             if m < 2:
@@ -447,7 +452,7 @@ class AVAERecipe(ModelRecipe):
         if m >= len(self.pool):
             raise ConfigError(f"--avae-centres {m} leaves no rows for the SGD steps: the training set has "
                               f"{n} rows, {n_val} of them held out (--avae-val-fraction "
-                              f"{self.cfg.avae_val_fraction:g}); choose m < {len(self.pool)}")
+                              f"{self.opts.avae_val_fraction:g}); choose m < {len(self.pool)}")
         self.m = int(m)
         self._layout_n = n
 
@@ -477,14 +482,14 @@ class AVAERecipe(ModelRecipe):
     def on_new_run(self, trainer) -> None:
         self._layout(trainer.data)
         latent = self.cfg.latent
-        if self.cfg.avae_bandwidth is not None:
-            self.bw = given_bandwidth(latent, self.m, self.cfg.avae_bandwidth)
+        if self.opts.avae_bandwidth is not None:
+            self.bw = given_bandwidth(latent, self.m, self.opts.avae_bandwidth)
         else:
             self.bw = bandwidth_for(latent, self.m)
         self.generative.set_bandwidth(self.bw.h_opt, self.bw.h)
         trainer.log(f"AVAE: {len(self.val_index)} validation rows, m = {self.m} KDE centres, "
                     f"{len(self.pool) - self.m} SGD rows per epoch; bandwidth h_opt = {self.bw.h_opt:.4f}, "
-                    f"h = {self.bw.h:.4f} ({self.bw.source}); reading: {reading(self.cfg)}")
+                    f"h = {self.bw.h:.4f} ({self.bw.source}); reading: {reading(self.opts)}")
 
     # -- epoch and step hooks ------------------------------------------------------------------------
     def begin_epoch(self, stage, epoch, trainer) -> None:
@@ -500,7 +505,7 @@ class AVAERecipe(ModelRecipe):
             self.beta_history.append(self.beta)
 
     def before_step(self, stage, step, trainer) -> None:
-        if step % self.cfg.avae_refresh_steps == 0 or self.centres_epoch != self.epoch:
+        if step % self.opts.avae_refresh_steps == 0 or self.centres_epoch != self.epoch:
             self.refresh_centres(trainer, step)
 
     def refresh_centres(self, trainer, step: int) -> None:
@@ -543,8 +548,8 @@ class AVAERecipe(ModelRecipe):
                 "recon": float(v[:, 1].mean()), "kl": float(v[:, 2].mean()) if kl_on else float("nan")}
 
     def make_scheduler(self, stage, optimizer, steps_per_epoch):
-        if self.cfg.avae_lr_plateau > 0:
-            self.plateau = PlateauPerEpoch(optimizer, self.cfg.avae_lr_plateau)
+        if self.opts.avae_lr_plateau > 0:
+            self.plateau = PlateauPerEpoch(optimizer, self.opts.avae_lr_plateau)
             return self.plateau
         return None
 
@@ -611,15 +616,15 @@ class AVAERecipe(ModelRecipe):
     def summary(self):
         model = self.generative
         out: Dict[str, Any] = {
-            "avae_reading": reading(self.cfg), "avae_beta_mode": self.cfg.avae_beta,
-            "avae_kde_floor": self.cfg.avae_kde_floor,
+            "avae_reading": reading(self.opts), "avae_beta_mode": self.opts.avae_beta,
+            "avae_kde_floor": self.opts.avae_kde_floor,
             "bandwidth_h_opt": float(model.bandwidth_opt), "bandwidth_h": float(model.bandwidth),
             "bandwidth_source": None if self.bw is None else self.bw.source,
             "bandwidth": None if self.bw is None else self.bw.to_dict(),
             "sample_variance": 1.0 - float(model.bandwidth) ** 2,
             "avae_centres_used": getattr(self, "m", None),
             "avae_validation_rows": None if self._layout_n is None else int(len(self.val_index)),
-            "avae_refresh_steps": self.cfg.avae_refresh_steps, "avae_refreshes": self.refreshes,
+            "avae_refresh_steps": self.opts.avae_refresh_steps, "avae_refreshes": self.refreshes,
             "beta_last": self.beta, "beta_after_training": self.beta_next, "beta_history": self.beta_history,
             "latent_diagnostics": self.diagnostics}
         return out

@@ -24,9 +24,10 @@ from torch import nn
 
 from ..functional import ROUTINGS
 from .architectures import build_body, build_decoder
+from .generative import GenerativeModule
 from .likelihood import Likelihood, SquaredError
 from .ops import get_ops
-from .protocol import ModelRecipe, positive_int_option
+from .protocol import ModelRecipe
 from ..shard import randn_rows
 
 LOG_2PI = math.log(2 * math.pi)
@@ -57,7 +58,7 @@ def check_routing(routing: str) -> None:
         raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
 
 
-class BaselineVAE(nn.Module):
+class BaselineVAE(GenerativeModule):
     """Base of the baselines: the shared body and decoder and the common interface. Subclasses set
     `mode`, build their heads and prior, and implement `encode`, `_loss_terms`, `prior_parameters`
     and `sample_latent`."""
@@ -179,27 +180,15 @@ class MixturePriorVAE(BaselineVAE):
 
 class SizedPriorRecipe(ModelRecipe):
     """Recipe of a learned-prior baseline with one size option (`size_option`, e.g. the number of
-    pseudo-inputs) whose default depends on the dataset kind (`SIZES`); `make(size)` builds the model."""
+    pseudo-inputs, declared in its Options with its per-dataset defaults); `make(size)` builds the model."""
     size_option = ""
-    SIZES: Dict[str, int] = {}
     learned_prior = True
-
-    @classmethod
-    def resolve_options(cls, cfg, kind):
-        if getattr(cfg, cls.size_option) is None:
-            cfg = cfg.replace(**{cls.size_option: cls.SIZES[kind]})
-        positive_int_option(cfg, cls.size_option)
-        return cls.resolve_more(cfg, kind)
-
-    @classmethod
-    def resolve_more(cls, cfg, kind):
-        return cfg
 
     def make(self, size: int) -> BaselineVAE:
         raise NotImplementedError
 
     def build(self):
-        return {"ae": None, "vae": self.make(getattr(self.cfg, self.size_option))}
+        return {"ae": None, "vae": self.make(getattr(self.opts, self.size_option))}
 
     def common(self) -> Dict:
         return dict(hidden=self.hidden, ops=self.ops, likelihood=self.likelihood())

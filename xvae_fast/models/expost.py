@@ -12,11 +12,18 @@ from torch import nn
 from ..functional import ROUTINGS
 from ..prior import MixturePrior
 from .ops import get_ops
+from .generative import GenerativeModule
 
 
 
-class ExPostModel(nn.Module):
+class ExPostModel(GenerativeModule):
     mode = "expost"
+    reference_title = "ex-post reference"
+    reference_label = "stage-1 AE + fitted prior"
+
+    @property
+    def routings(self):
+        return ROUTINGS if self.prior.num_components > 1 else ()
 
     def __init__(self, ae: nn.Module, prior: MixturePrior, routing: str = "per-row", ops=None):
         super().__init__()

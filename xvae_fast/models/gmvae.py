@@ -21,14 +21,17 @@ parameters are the per-cluster means and log-variances: 2 C K (paper Table 4: 1.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .baseline import BaselineVAE, SizedPriorRecipe, log_normal, reparameterize, sample_diag_mixture
-from .protocol import choice_option, positive_float_option, positive_int_option, register
+from ..errors import ConfigError
+from ..options import ModelOptions, option
+from .protocol import register
 from ..shard import rand_rows
 
 ANNEALS = ("exp", "linear", "none")
@@ -130,29 +133,37 @@ class GMVAE(BaselineVAE):
                                    generator)
 
 
+# the 2-D benchmark: 8 (the modes of 8gaussians, the squares of checkerboard)
+CLUSTERS = {"clusters": 3, "8gaussians": 8, "2spirals": 8, "checkerboard": 8, "rings": 8, "*": 10}
+
+
+@dataclasses.dataclass
+class GMVAEOptions(ModelOptions):
+    gmvae_clusters: Optional[int] = option(None, "values of the discrete cluster variable", type="int",
+                                           flag="--clusters", metavar="C", minimum=1, per_dataset=CLUSTERS)
+    gumbel_tau_start: float = option(1.0, "Gumbel-Softmax temperature at the first step", metavar="T",
+                                     above=0)
+    gumbel_tau_end: float = option(0.5, "temperature after the anneal", metavar="T", above=0)
+    gumbel_anneal: str = option("exp", "temperature schedule over the global step (exp: tau = max(end, "
+                                "start*exp(-r*step)))", choices=ANNEALS)
+    gumbel_anneal_steps: int = option(0, "steps to reach the end temperature (0: the whole training)",
+                                      metavar="N", minimum=0)
+
+    def finish(self, cfg, kind):
+        if self.gumbel_tau_end > self.gumbel_tau_start:
+            raise ConfigError(f"the Gumbel-Softmax temperature anneals downwards: --gumbel-tau-end "
+                              f"({self.gumbel_tau_end}) must be <= --gumbel-tau-start ({self.gumbel_tau_start})")
+        return self
+
+
 @register
 class GMVAERecipe(SizedPriorRecipe):
     name = "gmvae"
     title = "GM-VAE (Gumbel-Softmax)"
-    options = ("gmvae_clusters", "gumbel_tau_start", "gumbel_tau_end", "gumbel_anneal", "gumbel_anneal_steps")
+    Options = GMVAEOptions
     size_option = "gmvae_clusters"
-    # the 2-D benchmark: 8 (the modes of 8gaussians, the squares of checkerboard)
-    SIZES = {"digits": 10, "clusters": 3, "mnist": 10, "celeba": 10, "images": 10, "npy": 10,
-             "8gaussians": 8, "2spirals": 8, "checkerboard": 8, "rings": 8}
-
-    @classmethod
-    def resolve_more(cls, cfg, kind):
-        from ..errors import ConfigError
-        positive_int_option(cfg, "gumbel_anneal_steps", 0)
-        choice_option(cfg, "gumbel_anneal", ANNEALS)
-        positive_float_option(cfg, "gumbel_tau_start")
-        positive_float_option(cfg, "gumbel_tau_end")
-        if cfg.gumbel_tau_end > cfg.gumbel_tau_start:
-            raise ConfigError(f"the Gumbel-Softmax temperature anneals downwards: --gumbel-tau-end "
-                              f"({cfg.gumbel_tau_end}) must be <= --gumbel-tau-start ({cfg.gumbel_tau_start})")
-        return cfg
 
     def make(self, size):
-        i, c = self.info, self.cfg
-        return GMVAE(i.kind, i.shape, c.latent, size, c.gumbel_tau_start, c.gumbel_tau_end, c.gumbel_anneal,
-                     c.gumbel_anneal_steps, **self.common())
+        i, c, o = self.info, self.cfg, self.opts
+        return GMVAE(i.kind, i.shape, c.latent, size, o.gumbel_tau_start, o.gumbel_tau_end, o.gumbel_anneal,
+                     o.gumbel_anneal_steps, **self.common())

@@ -19,13 +19,16 @@ sampled z2. The prior's trainable parameters are those of the conditional prior 
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+import dataclasses
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .baseline import BaselineVAE, gaussian_kl_diag, reparameterize
-from .protocol import ModelRecipe, positive_int_option, register
+from ..errors import ConfigError
+from ..options import ModelOptions, option
+from .protocol import ModelRecipe, register
 
 
 class HierarchicalVAE(BaselineVAE):
@@ -93,30 +96,33 @@ class HierarchicalVAE(BaselineVAE):
         return torch.cat([z1, z2], 1)
 
 
+@dataclasses.dataclass
+class HierarchicalOptions(ModelOptions):
+    hier_top: Optional[int] = option(None, "size of the top latent level z2 (the bottom level gets the "
+                                     "rest of K)", type="int", metavar="K2", minimum=1, default_text="K // 2")
+    hier_hidden: int = option(256, "hidden width of the conditional prior p(z1|z2) and of the bottom-up "
+                              "layer", metavar="H", minimum=1)
+
+    def finish(self, cfg, kind):
+        if cfg.latent < 2:
+            raise ConfigError("--model hierarchical splits the latent into two levels and needs "
+                              f"--latent >= 2, got {cfg.latent}")
+        opts = self.replace(hier_top=max(1, cfg.latent // 2)) if self.hier_top is None else self
+        if opts.hier_top >= cfg.latent:
+            raise ConfigError(f"--hier-top must be smaller than the latent size {cfg.latent} (the rest "
+                              f"is the bottom level), got {opts.hier_top}")
+        return opts
+
+
 @register
 class HierarchicalRecipe(ModelRecipe):
     name = "hierarchical"
     title = "Hierarchical VAE"
-    options = ("hier_top", "hier_hidden")
+    Options = HierarchicalOptions
     learned_prior = True
 
-    @classmethod
-    def resolve_options(cls, cfg, kind):
-        from ..errors import ConfigError
-        if cfg.latent < 2:
-            raise ConfigError("--model hierarchical splits the latent into two levels and needs "
-                              f"--latent >= 2, got {cfg.latent}")
-        if cfg.hier_top is None:
-            cfg = cfg.replace(hier_top=max(1, cfg.latent // 2))
-        positive_int_option(cfg, "hier_top")
-        positive_int_option(cfg, "hier_hidden")
-        if cfg.hier_top >= cfg.latent:
-            raise ConfigError(f"--hier-top must be smaller than the latent size {cfg.latent} (the rest "
-                              f"is the bottom level), got {cfg.hier_top}")
-        return cfg
-
     def build(self):
-        i, c = self.info, self.cfg
-        return {"ae": None, "vae": HierarchicalVAE(i.kind, i.shape, c.latent, c.hier_top, c.hier_hidden,
+        i, c, o = self.info, self.cfg, self.opts
+        return {"ae": None, "vae": HierarchicalVAE(i.kind, i.shape, c.latent, o.hier_top, o.hier_hidden,
                                                    hidden=self.hidden, ops=self.ops,
                                                    likelihood=self.likelihood())}

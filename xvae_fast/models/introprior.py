@@ -52,6 +52,7 @@ Generation: i ~ Cat(w), z = m_i + alpha exp(fc(v_i) / 2) eps, x = D(z) (no obser
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -61,7 +62,9 @@ from torch.nn import functional as F
 
 from .baseline import BaselineVAE, count, log_normal
 from .likelihood import Likelihood
-from .protocol import ModelRecipe, Stage, Update, choice_option, positive_float_option, positive_int_option, register
+from ..errors import ConfigError
+from ..options import ModelOptions, option
+from .protocol import ModelRecipe, Stage, Update, register
 
 PRIORS = ("sg", "fixed", "ip")
 WEIGHTS = ("uniform", "learned")
@@ -424,6 +427,89 @@ IMAGE_BETA_REC = {"digits": 20.0}
 COMPONENTS = {"digits": 10, "mnist": 100, "celeba": 100, "images": 100, "clusters": 3, "npy": 10}
 
 
+GAME_EPOCHS = {"digits": 60, "mnist": 200, "celeba": 200, "images": 200, **{k: 700 for k in TOY_KINDS}}
+MOG_WARMUP = {"digits": 5, "mnist": 5, "celeba": 5, "images": 5, **{k: 3 for k in TOY_KINDS}}
+MILESTONES = {k: [10000, 15000] for k in TOY_KINDS}     # the 2-D code's MultiStepLR (steps)
+
+
+@dataclasses.dataclass
+class IntroPriorOptions(ModelOptions):
+    introprior_prior: str = option("ip", "sg: N(0, I); fixed: a mixture learned in the VAE warm-up "
+                                   "(VampPrior, then converted), frozen in the game; ip: the mixture also "
+                                   "trained in the game (prior-decoder cooperation)", choices=PRIORS)
+    introprior_weights: str = option("learned", "mixture weights: uniform, or learned (the paper's LC)",
+                                     choices=WEIGHTS)
+    introprior_components: Optional[int] = option(
+        None, "mixture components M", type="int", metavar="M", minimum=1,
+        per_dataset={**{k: 64 for k in TOY_KINDS}, **COMPONENTS, "*": 10})
+    introprior_mog_warmup: Optional[int] = option(
+        None, "the last E warm-up epochs use the converted mixture instead of the VampPrior", type="int",
+        metavar="E", minimum=0, default_text="2-D sets 3, images 5, at most --epochs-vae")
+    epochs_game: Optional[int] = option(
+        None, "epochs of the adversarial game after the --epochs-vae warm-up (0: the warm-up VAE alone)",
+        type="int", metavar="N", minimum=0, per_dataset={**GAME_EPOCHS, "*": 60})
+    introprior_beta_rec: Optional[float] = option(
+        None, "b_rec", type="float", metavar="B", minimum=0,
+        default_text="2-D sets per --introprior-preset, digits 20, else 1")
+    introprior_beta_kl: Optional[float] = option(
+        None, "b_kl", type="float", metavar="B", minimum=0, default_text="2-D sets per --introprior-preset, "
+        "else 1")
+    introprior_beta_neg: Optional[float] = option(
+        None, "b_neg, the fake KL's weight in the encoder loss and the stability knob", type="float",
+        metavar="B", minimum=0, default_text="2-D sets per --introprior-preset, digits 32, mnist 128, "
+        "celeba/images 256, else 1")
+    introprior_preset: str = option("paper", "2-D betas: the paper's grid values or the authors' code "
+                                    "configs", choices=PRESETS)
+    introprior_mc: int = option(100, "Monte Carlo draws per KL", metavar="T", minimum=1)
+    introprior_alpha: float = option(2.0, "alpha of the exponential ELBO", metavar="A", above=0)
+    introprior_gamma: float = option(1.0, "gamma, the fakes' KL weight in the decoder loss", metavar="G",
+                                     minimum=0)
+    introprior_gamma_r: float = option(1e-8, "gamma_r, the fakes' reconstruction weight in the decoder "
+                                       "loss", metavar="G", minimum=0)
+    introprior_entropy: float = option(0.0, "r_ent, weight of the responsibility-entropy term", metavar="R",
+                                       minimum=0)
+    introprior_clip: float = option(10.0, "K of the adaptive soft clip of the prior log-variances under ip "
+                                    "(0: no clip)", metavar="K", minimum=0)
+    introprior_scale: Optional[float] = option(None, "s, the game's loss scale", type="float", metavar="S",
+                                               above=0, optional=True, default_text="1 / input size")
+    introprior_lr_prior: Optional[float] = option(None, "the prior's Adam learning rate", type="float",
+                                                  metavar="LR", above=0, optional=True, default_text="--lr")
+    introprior_milestones: Optional[List[int]] = option(
+        None, "learning rate x0.1 at these global steps", type="ints", metavar="S1,S2", optional=True,
+        per_dataset=MILESTONES, default_text="2-D sets 10000,15000 as the code; none elsewhere")
+    introprior_code_parity: bool = option(False, "convert the VampPrior's learned weights as the authors' "
+                                          "code does (softmaxed weights loaded as logits) instead of "
+                                          "exactly", bool_flag="store_true")
+
+    def finish(self, cfg, kind):
+        ch = {}
+        if self.introprior_mog_warmup is None:     # the default never exceeds a shortened warm-up
+            ch["introprior_mog_warmup"] = min(MOG_WARMUP.get(kind, 5), cfg.epochs_vae)
+        if kind in TOY_KINDS:
+            b = BETAS_2D[self.introprior_preset][kind]
+        else:
+            b = (IMAGE_BETA_REC.get(kind, 1.0), 1.0, IMAGE_BETA_NEG.get(kind, 1.0))
+        for name, v in zip(("introprior_beta_rec", "introprior_beta_kl", "introprior_beta_neg"), b):
+            if getattr(self, name) is None:
+                ch[name] = v
+        opts = self.replace(**ch)
+        ms = opts.introprior_milestones
+        if ms is not None and not (all(m > 0 for m in ms) and ms == sorted(ms)):
+            raise ConfigError(f"--introprior-milestones must be increasing positive step counts, got {ms!r}")
+        if cfg.epochs_vae + opts.epochs_game == 0:
+            raise ConfigError("--epochs-vae 0 and --epochs-game 0 leave nothing to train; give the warm-up "
+                              "or the game at least one epoch")
+        if opts.introprior_prior != "sg" and opts.introprior_mog_warmup > cfg.epochs_vae:
+            raise ConfigError(f"--introprior-mog-warmup {opts.introprior_mog_warmup} is longer than the warm-up "
+                              f"(--epochs-vae {cfg.epochs_vae}): the mixture warm-up is the last part of it")
+        if opts.introprior_prior == "sg" and opts.introprior_weights == "learned":
+            opts = opts.replace(introprior_weights="uniform")     # one component: nothing to weight
+        if cfg.lr_schedule != "none":
+            raise ConfigError("--model introprior has its own step schedule (--introprior-milestones, "
+                              "MultiStepLR x0.1 as the paper); --lr-schedule must be none")
+        return opts
+
+
 @register
 class IntroPriorRecipe(ModelRecipe):
     """S-IntroVAE with a learned prior (paper 001): the warm-up VAE stages, the VampPrior-to-mixture
@@ -432,11 +518,7 @@ class IntroPriorRecipe(ModelRecipe):
 
     name = "introprior"
     title = "S-IntroVAE (learned prior)"
-    options = ("introprior_prior", "introprior_weights", "introprior_components", "introprior_mog_warmup",
-               "epochs_game", "introprior_beta_rec", "introprior_beta_kl", "introprior_beta_neg",
-               "introprior_preset", "introprior_mc", "introprior_alpha", "introprior_gamma",
-               "introprior_gamma_r", "introprior_entropy", "introprior_clip", "introprior_scale",
-               "introprior_lr_prior", "introprior_milestones", "introprior_code_parity")
+    Options = IntroPriorOptions
     likelihoods = ("mse",)
     likelihood_reason = "its reconstruction loss is the summed squared error, S-IntroVAE's Lrec"
     learned_prior = True
@@ -452,60 +534,6 @@ class IntroPriorRecipe(ModelRecipe):
                         "images": {"latent": 128, "epochs_vae": 20},
                         "digits": {"epochs_vae": 20},
                         **{k: {"epochs_vae": 50} for k in TOY_KINDS}}
-    GAME_EPOCHS = {"digits": 60, "mnist": 200, "celeba": 200, "images": 200, **{k: 700 for k in TOY_KINDS}}
-    MOG_WARMUP = {"digits": 5, "mnist": 5, "celeba": 5, "images": 5, **{k: 3 for k in TOY_KINDS}}
-    MILESTONES = {k: [10000, 15000] for k in TOY_KINDS}     # the 2-D code's MultiStepLR (steps)
-
-    @classmethod
-    def resolve_options(cls, cfg, kind):
-        from ..errors import ConfigError
-        choice_option(cfg, "introprior_prior", PRIORS)
-        choice_option(cfg, "introprior_weights", WEIGHTS)
-        choice_option(cfg, "introprior_preset", PRESETS)
-        ch = {}
-        if cfg.introprior_components is None:
-            ch["introprior_components"] = 64 if kind in TOY_KINDS else COMPONENTS.get(kind, 10)
-        if cfg.epochs_game is None:
-            ch["epochs_game"] = cls.GAME_EPOCHS.get(kind, 60)
-        if cfg.introprior_mog_warmup is None:     # the default never exceeds a shortened warm-up
-            ch["introprior_mog_warmup"] = min(cls.MOG_WARMUP.get(kind, 5), cfg.epochs_vae)
-        if cfg.introprior_milestones is None and kind in cls.MILESTONES:
-            ch["introprior_milestones"] = list(cls.MILESTONES[kind])
-        if kind in TOY_KINDS:
-            b = BETAS_2D[cfg.introprior_preset][kind]
-        else:
-            b = (IMAGE_BETA_REC.get(kind, 1.0), 1.0, IMAGE_BETA_NEG.get(kind, 1.0))
-        for name, v in zip(("introprior_beta_rec", "introprior_beta_kl", "introprior_beta_neg"), b):
-            if getattr(cfg, name) is None:
-                ch[name] = v
-        cfg = cfg.replace(**ch)
-        positive_int_option(cfg, "introprior_components")
-        positive_int_option(cfg, "introprior_mc")
-        positive_int_option(cfg, "epochs_game", 0)
-        positive_int_option(cfg, "introprior_mog_warmup", 0)
-        for name in ("introprior_beta_rec", "introprior_beta_kl", "introprior_beta_neg", "introprior_gamma",
-                     "introprior_gamma_r", "introprior_entropy", "introprior_clip"):
-            positive_float_option(cfg, name, allow_zero=True)
-        positive_float_option(cfg, "introprior_alpha")
-        for name in ("introprior_scale", "introprior_lr_prior"):
-            if getattr(cfg, name) is not None:
-                positive_float_option(cfg, name)
-        ms = cfg.introprior_milestones
-        if ms is not None and not (isinstance(ms, list) and all(
-                isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in ms) and ms == sorted(ms)):
-            raise ConfigError(f"--introprior-milestones must be increasing positive step counts, got {ms!r}")
-        if cfg.epochs_vae + cfg.epochs_game == 0:
-            raise ConfigError("--epochs-vae 0 and --epochs-game 0 leave nothing to train; give the warm-up "
-                              "or the game at least one epoch")
-        if cfg.introprior_prior != "sg" and cfg.introprior_mog_warmup > cfg.epochs_vae:
-            raise ConfigError(f"--introprior-mog-warmup {cfg.introprior_mog_warmup} is longer than the warm-up "
-                              f"(--epochs-vae {cfg.epochs_vae}): the mixture warm-up is the last part of it")
-        if cfg.introprior_prior == "sg" and cfg.introprior_weights == "learned":
-            cfg = cfg.replace(introprior_weights="uniform")     # one component: nothing to weight
-        if cfg.lr_schedule != "none":
-            raise ConfigError("--model introprior has its own step schedule (--introprior-milestones, "
-                              "MultiStepLR x0.1 as the paper); --lr-schedule must be none")
-        return cfg
 
     def __init__(self, cfg, info, ops=None):
         self.fit_reports: Dict[str, object] = {}
@@ -513,39 +541,39 @@ class IntroPriorRecipe(ModelRecipe):
 
     @property
     def display_name(self) -> str:
-        c = self.cfg
-        prior = {"sg": "SG", "fixed": "MoG fixed", "ip": "MoG IP"}[c.introprior_prior]
-        w = "" if c.introprior_prior == "sg" else (" LC" if c.introprior_weights == "learned" else " uniform")
-        return f"S-IntroVAE ({prior}{w})" if c.epochs_game else f"VAE ({prior}{w}, the warm-up only)"
+        o = self.opts
+        prior = {"sg": "SG", "fixed": "MoG fixed", "ip": "MoG IP"}[o.introprior_prior]
+        w = "" if o.introprior_prior == "sg" else (" LC" if o.introprior_weights == "learned" else " uniform")
+        return f"S-IntroVAE ({prior}{w})" if o.epochs_game else f"VAE ({prior}{w}, the warm-up only)"
 
     def build(self):
-        c, i = self.cfg, self.info
+        c, o, i = self.cfg, self.opts, self.info
         model = IntroPriorVAE(i.kind, i.shape, c.latent, self.hidden, ops=self.ops, likelihood=self.likelihood(),
-                              prior=c.introprior_prior, weights=c.introprior_weights,
-                              components=c.introprior_components, beta_rec=c.introprior_beta_rec,
-                              beta_kl=c.introprior_beta_kl, beta_neg=c.introprior_beta_neg, mc=c.introprior_mc,
-                              alpha=c.introprior_alpha, gamma=c.introprior_gamma, gamma_r=c.introprior_gamma_r,
-                              entropy=c.introprior_entropy, clip=c.introprior_clip, scale=c.introprior_scale,
-                              code_parity=c.introprior_code_parity)
+                              prior=o.introprior_prior, weights=o.introprior_weights,
+                              components=o.introprior_components, beta_rec=o.introprior_beta_rec,
+                              beta_kl=o.introprior_beta_kl, beta_neg=o.introprior_beta_neg, mc=o.introprior_mc,
+                              alpha=o.introprior_alpha, gamma=o.introprior_gamma, gamma_r=o.introprior_gamma_r,
+                              entropy=o.introprior_entropy, clip=o.introprior_clip, scale=o.introprior_scale,
+                              code_parity=o.introprior_code_parity)
         return {"ae": None, "vae": model}
 
     # -- stages ---------------------------------------------------------------------------------------
     def stages(self) -> List[Stage]:
-        c = self.cfg
+        c, o = self.cfg, self.opts
         out: List[Stage] = []
-        if c.introprior_prior == "sg":
+        if o.introprior_prior == "sg":
             out.append(Stage("warmup", "train", "VAE", c.epochs_vae, TERMS_WARMUP))
         else:
-            vamp = c.epochs_vae - c.introprior_mog_warmup
+            vamp = c.epochs_vae - o.introprior_mog_warmup
             if vamp > 0:
                 out.append(Stage("warmup", "train", "VAE (VampPrior)", vamp, TERMS_WARMUP))
             out.append(Stage("to_mog", "fit", "VampPrior to mixture"))
-            if c.introprior_mog_warmup > 0:
-                out.append(Stage("mog_warmup", "train", "VAE (mixture)", c.introprior_mog_warmup, TERMS_WARMUP))
-            if c.introprior_prior == "ip" and c.introprior_clip > 0 and c.epochs_game > 0:
+            if o.introprior_mog_warmup > 0:
+                out.append(Stage("mog_warmup", "train", "VAE (mixture)", o.introprior_mog_warmup, TERMS_WARMUP))
+            if o.introprior_prior == "ip" and o.introprior_clip > 0 and o.epochs_game > 0:
                 out.append(Stage("clip", "fit", "clip range"))
-        if c.epochs_game > 0:
-            out.append(Stage("game", "train", "game", c.epochs_game, TERMS_GAME))
+        if o.epochs_game > 0:
+            out.append(Stage("game", "train", "game", o.epochs_game, TERMS_GAME))
         return out
 
     def _optimizer(self, params, lr):
@@ -554,12 +582,12 @@ class IntroPriorRecipe(ModelRecipe):
     def make_optimizer(self, stage):
         from .optimizers import OptimizerSet
         m, c = self.generative, self.cfg
-        lr_p = c.introprior_lr_prior or c.lr
+        lr_p = self.opts.introprior_lr_prior or c.lr
         opts = {"encoder": self._optimizer(m.encoder_parameters(), c.lr),
                 "decoder": self._optimizer(m.decoder_parameters(), c.lr)}
         if stage.name == "game":
-            prior = m.prior_parameters(PHASE_MOG) if c.introprior_prior == "ip" else []
-        elif stage.name == "warmup" and c.introprior_prior != "sg":
+            prior = m.prior_parameters(PHASE_MOG) if self.opts.introprior_prior == "ip" else []
+        elif stage.name == "warmup" and self.opts.introprior_prior != "sg":
             prior = m.prior_parameters(PHASE_VAMP)
         elif stage.name == "mog_warmup":
             prior = m.prior_parameters(PHASE_MOG)
@@ -582,7 +610,7 @@ class IntroPriorRecipe(ModelRecipe):
         """MultiStepLR x0.1 at the global steps --introprior-milestones (the code's (10k, 15k) on 2-D),
         counted over every train stage, so a stage starting after a milestone starts decayed."""
         from .optimizers import SchedulerSet
-        ms = list(self.cfg.introprior_milestones or [])
+        ms = list(self.opts.introprior_milestones or [])
         start = self._stage_start_step(stage, steps_per_epoch)
 
         def factor(t, ms=ms, start=start):
@@ -593,7 +621,7 @@ class IntroPriorRecipe(ModelRecipe):
     def train_updates(self, stage, batch):
         if stage.name != "game":
             return None
-        return self.generative.game_updates(batch, train_prior=self.cfg.introprior_prior == "ip")
+        return self.generative.game_updates(batch, train_prior=self.opts.introprior_prior == "ip")
 
     def loss(self, stage, batch):
         m = self.generative
@@ -653,11 +681,11 @@ class IntroPriorRecipe(ModelRecipe):
                 "prior_weight_entropy": float(normalised_entropy(lw.exp()))}
 
     def summary(self):
-        c, m = self.cfg, self.generative
-        return {"introprior": {"prior": c.introprior_prior, "weights": c.introprior_weights,
+        m = self.generative
+        return {"introprior": {"prior": self.opts.introprior_prior, "weights": self.opts.introprior_weights,
                                "components": m.num_components, "beta_rec": m.beta_rec, "beta_kl": m.beta_kl,
                                "beta_neg": m.beta_neg, "scale": m.scale, "mc": m.mc, "alpha": m.alpha,
                                "gamma": m.gamma, "gamma_r": m.gamma_r, "entropy": m.entropy_weight,
-                               "clip_k": m.clip_k, "preset": c.introprior_preset,
+                               "clip_k": m.clip_k, "preset": self.opts.introprior_preset,
                                "code_parity": m.code_parity, "fits": self.fit_reports}}
 

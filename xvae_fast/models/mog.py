@@ -10,13 +10,25 @@ log-variances v (C, K): C (2K + 1) (paper Table 4: 1.3k on MNIST with K = 64 and
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence, Tuple
+import dataclasses
+from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .baseline import MixturePriorVAE, SizedPriorRecipe
+from ..options import ModelOptions, option
 from .protocol import register
+
+# paper Table 4's prior counts (1.3k on MNIST, 5.1k on CelebA) are 10 components; 3 on the clusters;
+# 64 on paper 001's 2-D benchmark (its MoG64, SPEC-related 1.2)
+COMPONENTS = {"clusters": 3, "8gaussians": 64, "2spirals": 64, "checkerboard": 64, "rings": 64, "*": 10}
+
+
+@dataclasses.dataclass
+class MoGOptions(ModelOptions):
+    mog_components: Optional[int] = option(None, "components of the learned mixture prior", type="int",
+                                           metavar="C", minimum=1, per_dataset=COMPONENTS)
 
 
 class MoGPriorVAE(MixturePriorVAE):
@@ -49,12 +61,8 @@ class MoGPriorVAE(MixturePriorVAE):
 class MoGRecipe(SizedPriorRecipe):
     name = "mog"
     title = "Standard MoG VAE"
-    options = ("mog_components",)
+    Options = MoGOptions
     size_option = "mog_components"
-    # paper Table 4's prior counts (1.3k on MNIST, 5.1k on CelebA) are 10 components; 3 on the clusters;
-    # 64 on paper 001's 2-D benchmark (its MoG64, SPEC-related 1.2)
-    SIZES = {"digits": 10, "clusters": 3, "mnist": 10, "celeba": 10, "images": 10, "npy": 10,
-             "8gaussians": 64, "2spirals": 64, "checkerboard": 64, "rings": 64}
 
     def make(self, size):
         i = self.info

@@ -20,8 +20,9 @@ builds it from the resolved config and the data, then drives it stage by stage:
 - `train_updates(stage, batch)`: a step made of several updates, each by its own optimizer of an
   `OptimizerSet` (S-IntroVAE's encoder, then decoder-and-prior update); `make_scheduler` gives such a
   stage its own schedulers.
-- class attributes: `name`, `title`, `options` (the TrainConfig keys the model owns; resolve() clears
-  them for other models), `resolve_options(cfg, kind)` (fill and validate them).
+- class attributes: `name`, `title`, `Options` (the model's options: a `ModelOptions` dataclass of
+  declared fields, options.py; the resolved instance is `cfg.model_options`, also `self.opts`), and the
+  capabilities below (`pretrains_autoencoder`, `likelihoods`, `dataset_defaults`, ...).
 Random draws inside `loss` come from the global torch RNG, which the trainer seeds and checkpoints,
 so a resumed run continues exactly.
 """
@@ -32,6 +33,9 @@ from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Tupl
 
 import torch
 from torch import nn
+
+from ..options import ModelOptions, NoOptions
+from .generative import GenerativeModule
 
 TERMS_VAE = ("loss", "recon", "kl", "kl_cat", "kl_gauss")
 STAGE_KINDS = ("train", "fit")
@@ -61,6 +65,14 @@ class Update:
     terms: Dict[str, torch.Tensor]
 
 
+@dataclasses.dataclass(frozen=True)
+class StartAt:
+    """Where a new run starts when its recipe reuses earlier work (`on_new_run`): the stage to begin
+    with and the history rows of the stages it skips (X-VAE's --stage1-from)."""
+    stage: str
+    history: Tuple[Dict[str, Any], ...] = ()
+
+
 class TensorRows:
     """An in-memory dataset of tensor rows with the interface the trainer's batching uses."""
     in_memory = True
@@ -84,12 +96,11 @@ class ModelRecipe:
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
-    options: ClassVar[Tuple[str, ...]] = ()         # TrainConfig keys owned by this model
+    Options: ClassVar[Type[ModelOptions]] = NoOptions   # the model's own options (options.py)
     pretrains_autoencoder: ClassVar[bool] = False   # X-VAE: a deterministic stage-1 autoencoder
     learned_prior: ClassVar[bool] = False           # the prior is learned with the model (no buffers)
     likelihoods: ClassVar[Optional[Tuple[str, ...]]] = None   # the --likelihood values it takes (None: any)
     likelihood_reason: ClassVar[str] = ""
-    archs: ClassVar[Tuple[str, ...]] = ("library",)           # the --arch values it takes
     reference_samplers: ClassVar[Tuple[str, ...]] = ()        # evaluated beside the model by default
     # per dataset kind, defaults that replace the dataset's own (latent, epochs_vae, ...) for this model
     dataset_defaults: ClassVar[Dict[str, Dict[str, Any]]] = {}
@@ -98,15 +109,12 @@ class ModelRecipe:
     distributed_reason: ClassVar[str] = ""
 
     def __init__(self, cfg, info, ops=None):
+        if not isinstance(cfg.model_options, ModelOptions):    # a config not yet resolved
+            from ..config import resolve
+            cfg = resolve(cfg)
         self.cfg, self.info, self.ops = cfg, info, ops
+        self.opts = cfg.model_options     # the resolved Options of this model
         self.modules: Dict[str, Optional[nn.Module]] = self.build()
-
-    # -- configuration ------------------------------------------------------------------------------
-    @classmethod
-    def resolve_options(cls, cfg, kind: str):
-        """Fill this model's options from the dataset kind's defaults and validate them; returns the
-        new config (raise errors.ConfigError for bad values)."""
-        return cfg
 
     # -- construction -------------------------------------------------------------------------------
     def build(self) -> Dict[str, Optional[nn.Module]]:
@@ -216,8 +224,10 @@ class ModelRecipe:
     def fit(self, stage: Stage, trainer) -> None:
         raise NotImplementedError(f"{type(self).__name__} has no fit stage {stage.name!r}")
 
-    def on_new_run(self, trainer) -> None:
-        """Called once when a run starts fresh (not on resume): e.g. reuse another run's stage 1."""
+    def on_new_run(self, trainer) -> Optional[StartAt]:
+        """Called once when a run starts fresh (not on resume): checks that need the data, or reuse of
+        another run's work (load it into the modules and return where the run starts)."""
+        return None
 
     def check_stage_ready(self, stage: Stage) -> Optional[str]:
         """None when a train stage can run from the restored state, else why not."""
@@ -259,11 +269,18 @@ class ModelRecipe:
         return self.generative.likelihood.units
 
     def reference_models(self) -> Dict[str, nn.Module]:
-        """The reference samplers by name (modules with `generate`, `forward`, `likelihood`)."""
+        """The reference samplers available from the current state, by name (GenerativeModules with
+        a `reference_title`); `reference_samplers` names those the outputs, the headline and
+        `evaluate` report beside the model."""
         return {}
 
+    def available_references(self) -> Dict[str, nn.Module]:
+        """The declared reference samplers (`reference_samplers`) the current state provides."""
+        models = self.reference_models()
+        return {name: models[name] for name in self.reference_samplers if name in models}
 
-class ReferenceSampler(nn.Module):
+
+class ReferenceSampler(GenerativeModule):
     """A model's other sampler that `evaluate` reports beside it (`reference_models()`): the same
     network, reconstructions and likelihood, another `generate` (subclasses implement it)."""
     mode = "reference"
@@ -301,6 +318,16 @@ def register(cls: Type[ModelRecipe]) -> Type[ModelRecipe]:
     return cls
 
 
+def unregister(name: str) -> None:
+    """Remove a registered recipe (a model family registered for a while, e.g. by a test)."""
+    RECIPES.pop(name, None)
+
+
+def model_names() -> Tuple[str, ...]:
+    """The registered models, X-VAE first (the `--model` choices)."""
+    return tuple(sorted(RECIPES, key=lambda n: n != "xvae"))
+
+
 def get_recipe(name: str) -> Type[ModelRecipe]:
     try:
         return RECIPES[name]
@@ -310,26 +337,3 @@ def get_recipe(name: str) -> Type[ModelRecipe]:
 
 def build_recipe(cfg, info, ops=None) -> ModelRecipe:
     return get_recipe(cfg.model)(cfg, info, ops)
-
-
-def positive_int_option(cfg, name: str, minimum: int = 1) -> None:
-    from ..errors import ConfigError
-    v = getattr(cfg, name)
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {v!r}")
-
-
-def positive_float_option(cfg, name: str, allow_zero: bool = False) -> None:
-    from ..errors import ConfigError
-    v = getattr(cfg, name)
-    ok = (not isinstance(v, bool) and isinstance(v, (int, float)) and v < float("inf")
-          and (v >= 0 if allow_zero else v > 0))
-    if not ok:
-        raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {v!r}")
-
-
-def choice_option(cfg, name: str, allowed) -> None:
-    from ..errors import ConfigError
-    v = getattr(cfg, name)
-    if v not in allowed:
-        raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {v!r}")

@@ -38,6 +38,7 @@ Stage-2 width: the paper uses 1024 (2048 for the ResNet runs); the default 256 i
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -46,11 +47,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from .architectures import build_body, build_decoder
+from .generative import GenerativeModule
 from .baseline import check_routing, count
 from .likelihood import LearnedGaussian, Likelihood
 from .ops import get_ops
-from .protocol import (TERMS_VAE, ModelRecipe, ReferenceSampler, Stage, TensorRows, choice_option,
-                       positive_int_option, register)
+from ..errors import ConfigError
+from ..options import ModelOptions, option
+from .protocol import TERMS_VAE, ModelRecipe, ReferenceSampler, Stage, TensorRows, register
 from ..shard import randn_rows
 
 STAGE2_INPUTS = ("sampled", "mean")
@@ -181,7 +184,7 @@ class Stage2VAE(nn.Module):
         return self.out(torch.cat([u, self.dec(u)], -1))
 
 
-class TwoStageVAE(nn.Module):
+class TwoStageVAE(GenerativeModule):
     """The Two-Stage VAE with the library's common model interface (see module docstring)."""
 
     mode = "twostage"
@@ -408,6 +411,8 @@ class Stage1Sampler(ReferenceSampler):
     """The Two-Stage VAE's reference: stage-1-only sampling, z ~ N(0, I) decoded by stage 1 (what the
     second stage must beat)."""
     mode = "stage1"
+    reference_title = "stage-1-only sampling"
+    reference_label = "two-stage VAE, stage-1 decoder on N(0, I)"
 
     def param_counts(self):
         n = sum(p.numel() for p in self.model.stage_parameters("stage1") if p.requires_grad)
@@ -418,6 +423,32 @@ class Stage1Sampler(ReferenceSampler):
         return self.model.generate_stage1_only(n, alpha, generator=generator)
 
 
+@dataclasses.dataclass
+class TwoStageOptions(ModelOptions):
+    arch: str = option("library", "the library's nets or the paper's architecture (SPEC-related 4.2; "
+                       "28x28, 32x32, 64x64)", choices=ARCHS)
+    epochs_stage2: Optional[int] = option(None, "epochs of the second VAE, on the frozen stage-1 codes",
+                                          type="int", metavar="N", minimum=0, default_text="2x --epochs-vae")
+    stage2_latent: Optional[int] = option(None, "size of the stage-2 latent u", type="int", metavar="U",
+                                          minimum=1, default_text="K")
+    stage2_width: int = option(256, "width of the stage-2 MLP (the paper 1024)", metavar="W", minimum=1)
+    stage2_depth: int = option(3, "hidden layers of the stage-2 encoder and decoder", metavar="L", minimum=1)
+    stage2_input: str = option("sampled", "stage 2 trains on z ~ q(z|x) redrawn every step (sampled, the "
+                               "paper) or on its mean (mean, the ablation)", choices=STAGE2_INPUTS)
+    stage2_noise: bool = option(True, "generation adds the stage-2 decoder noise (the authors' code)")
+
+    def finish(self, cfg, kind):
+        if cfg.epochs_vae < 1:
+            raise ConfigError("the Two-Stage VAE's second stage trains on the codes of a trained stage 1: "
+                              f"--epochs-vae must be >= 1, got {cfg.epochs_vae}")
+        changes = {}
+        if self.epochs_stage2 is None:
+            changes["epochs_stage2"] = 2 * cfg.epochs_vae     # SPEC-related 4.2: stage 2 twice as long
+        if self.stage2_latent is None:
+            changes["stage2_latent"] = cfg.latent
+        return self.replace(**changes)
+
+
 @register
 class TwoStageRecipe(ModelRecipe):
     """Stages: `stage1` (the VAE with the learned decoder variance, on the data), `codes` (freeze the
@@ -425,11 +456,9 @@ class TwoStageRecipe(ModelRecipe):
     z ~ q(z|x) redrawn from the frozen posteriors every step, its own optimiser and variance)."""
     name = "twostage"
     title = "Two-Stage VAE"
-    options = ("epochs_stage2", "stage2_latent", "stage2_width", "stage2_depth", "stage2_input",
-               "stage2_noise")
+    Options = TwoStageOptions
     likelihoods = ("gaussian",)
     likelihood_reason = "stage 1 learns its scalar decoder variance gamma, paper 004"
-    archs = ("library", "paper")
     reference_samplers = ("stage1",)
     # SPEC-related 4.2: kappa >= the manifold dimension, and long runs (gamma falls about one learning
     # rate per step); the paper: MNIST 400 / 800 epochs, CelebA 120 / 300, kappa = 64
@@ -437,42 +466,22 @@ class TwoStageRecipe(ModelRecipe):
                         "mnist": {"latent": 64, "epochs_vae": 400}, "celeba": {"latent": 64, "epochs_vae": 120},
                         "images": {"latent": 64, "epochs_vae": 120}}
 
-    @classmethod
-    def resolve_options(cls, cfg, kind):
-        from ..errors import ConfigError
-        if cfg.epochs_vae < 1:
-            raise ConfigError("the Two-Stage VAE's second stage trains on the codes of a trained stage 1: "
-                              f"--epochs-vae must be >= 1, got {cfg.epochs_vae}")
-        changes = {}
-        if cfg.epochs_stage2 is None:
-            changes["epochs_stage2"] = 2 * cfg.epochs_vae     # SPEC-related 4.2: stage 2 twice as long
-        if cfg.stage2_latent is None:
-            changes["stage2_latent"] = cfg.latent
-        cfg = cfg.replace(**changes)
-        positive_int_option(cfg, "epochs_stage2", 0)
-        for k in ("stage2_latent", "stage2_width", "stage2_depth"):
-            positive_int_option(cfg, k)
-        choice_option(cfg, "stage2_input", STAGE2_INPUTS)
-        if not isinstance(cfg.stage2_noise, bool):
-            raise ConfigError(f"stage2_noise must be true or false, got {cfg.stage2_noise!r}")
-        return cfg
-
     def __init__(self, cfg, info, ops=None):
         self.codes: Optional[Dict[str, torch.Tensor]] = None
         super().__init__(cfg, info, ops)
 
     def build(self):
-        c, i = self.cfg, self.info
+        c, o, i = self.cfg, self.opts, self.info
         model = TwoStageVAE(i.kind, i.shape, c.latent, self.hidden, ops=self.ops, likelihood=self.likelihood(),
-                            stage2_latent=c.stage2_latent, stage2_width=c.stage2_width,
-                            stage2_depth=c.stage2_depth, stage2_input=c.stage2_input,
-                            stage2_noise=c.stage2_noise, gamma_min=c.gamma_min or 0.0, arch=c.arch)
+                            stage2_latent=o.stage2_latent, stage2_width=o.stage2_width,
+                            stage2_depth=o.stage2_depth, stage2_input=o.stage2_input,
+                            stage2_noise=o.stage2_noise, gamma_min=c.gamma_min or 0.0, arch=o.arch)
         return {"ae": None, "vae": model}
 
     def stages(self):
         return [Stage("stage1", "train", "stage-1 VAE", self.cfg.epochs_vae, TERMS_VAE),
                 Stage("codes", "fit", "stage-1 codes"),
-                Stage("stage2", "train", "stage-2 VAE", self.cfg.epochs_stage2, TERMS_VAE)]
+                Stage("stage2", "train", "stage-2 VAE", self.opts.epochs_stage2, TERMS_VAE)]
 
     def stage_parameters(self, stage):
         return self.generative.stage_parameters(stage.name)
@@ -495,7 +504,7 @@ class TwoStageRecipe(ModelRecipe):
         model = self.generative
         self.codes = {split: trainer.encode(model.posterior_codes, split) for split in ("train", "test")}
         trainer.log(f"stage-1 posteriors frozen: {tuple(self.codes['train'].shape)} training codes "
-                    f"[mu, logvar]; stage 2 redraws z from them every step ({self.cfg.stage2_input})")
+                    f"[mu, logvar]; stage 2 redraws z from them every step ({self.opts.stage2_input})")
 
     def check_stage_ready(self, stage):
         if stage.name == "stage2" and self.codes is None:
@@ -523,7 +532,7 @@ class TwoStageRecipe(ModelRecipe):
         """MMD of the codes to N(0, I): stage 1's q(z) against stage 2's q(u) (paper Table 4)."""
         model = self.generative
         out: Dict[str, object] = {"stage2_gamma": model.stage2.likelihood.gamma,
-                                  "stage2_input": self.cfg.stage2_input}
+                                  "stage2_input": self.opts.stage2_input}
         if self.codes is not None:
             dev = next(model.parameters()).device
             g = torch.Generator(device=dev).manual_seed(self.cfg.seed + 17)

@@ -48,6 +48,7 @@ whose sigmoid (the likelihood's mean) replaces the paper's tanh since our pixels
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any, Dict, Optional, Sequence
@@ -58,7 +59,9 @@ from torch import nn
 from ..sigma_points import SIGMA_HEURISTICS, _check_kappa, _gather_points, select_sigma_indices
 from .baseline import BaselineVAE, check_routing
 from .likelihood import Likelihood
-from .protocol import ModelRecipe, Stage, choice_option, positive_int_option, register
+from ..errors import ConfigError
+from ..options import ModelOptions, option
+from .protocol import ModelRecipe, Stage, register
 from ..shard import randn_rows
 
 UAE_VARIANTS = ("vae", "utvae", "vae-w", "utvae-w", "uae", "rae-gp")
@@ -153,6 +156,7 @@ def _device_of(generator, fallback: torch.device) -> torch.device:
 # -- the model --------------------------------------------------------------------------------------
 class UnscentedAE(BaselineVAE):
     """The UAE family (see the module docstring for the variants and the two loss forms)."""
+    interpolates = True        # interpolate(x1, x2, t): evaluate scores the interpolation FD
 
     mode = "uae"
     interpolation = "slerp"      # how codes are interpolated (`interpolate`, xvae_fast.load's model)
@@ -410,6 +414,38 @@ class UnscentedAE(BaselineVAE):
 
 
 # -- the recipe the trainer drives (models/protocol.py) --------------------------------------------
+@dataclasses.dataclass
+class UAEOptions(ModelOptions):
+    arch: str = option("library", "the library's nets or the paper's architecture (SPEC-related 3.2; "
+                       "28x28, 32x32, 64x64)", choices=UAE_ARCHS)
+    uae_variant: str = option("uae", "the ablation family of paper 003 (uae: sigma points, mean-image "
+                              "reconstruction, Wasserstein term, decoder gradient penalty)", choices=UAE_VARIANTS)
+    uae_form: str = option("code", "the authors' code reductions (MSE mean, unsquared norms) or the "
+                           "paper's Eqs. 8-12", choices=UAE_FORMS)
+    uae_points: int = option(8, "sigma points (or samples) per example", metavar="K", minimum=1)
+    uae_heuristic: str = option("random", "which sigma points a step uses", choices=SIGMA_HEURISTICS)
+    uae_kappa: float = option(1e-3, "sigma-point spread kappa (> -n)", metavar="KAPPA")
+    uae_beta: Optional[float] = option(None, "regulariser weight", type="float", metavar="B", minimum=0,
+                                       default_text="2.5e-4; rae-gp 1e-4")
+    uae_gamma: Optional[float] = option(None, "gradient-penalty weight", type="float", metavar="G", minimum=0,
+                                        default_text="1e-6")
+    expost_components: int = option(10, "components of the full-covariance GMM fitted on the training "
+                                    "means (the sampler)", metavar="C", minimum=1)
+
+    def finish(self, cfg, kind):
+        n = cfg.latent
+        if self.uae_heuristic != "random":
+            if self.uae_points % 2:
+                raise ConfigError(f"--uae-heuristic {self.uae_heuristic} takes sigma points in +/- pairs: "
+                                  f"--uae-points must be even, got {self.uae_points}")
+            if self.uae_points // 2 > n:
+                raise ConfigError(f"--uae-points {self.uae_points} asks for {self.uae_points // 2} pairs, but "
+                                  f"the latent has only n = {n} axes (at most {2 * n} points in pairs)")
+        if not self.uae_kappa > -n:
+            raise ConfigError(f"--uae-kappa must be a number > -n = {-n}, got {self.uae_kappa!r}")
+        return self
+
+
 
 
 @register
@@ -418,41 +454,13 @@ class UAERecipe(ModelRecipe):
     full-covariance Gaussian mixture fitted on the training-set posterior means: the sampler)."""
     name = "uae"
     title = "Unscented Autoencoder"
-    options = ("uae_variant", "uae_form", "uae_points", "uae_heuristic", "uae_kappa", "uae_beta",
-               "uae_gamma", "expost_components")
+    Options = UAEOptions
     likelihoods = ("mse",)
     likelihood_reason = ("its reconstruction term is the squared error of the mean decoded image, "
                          "paper 003")
-    archs = ("library", "paper")
     # SPEC-related 3.2: n = 64 at paper scale (FMNIST, CelebA), 100 epochs; digits keep the dataset's
     dataset_defaults = {"mnist": {"latent": 64, "epochs_vae": 100}, "celeba": {"latent": 64, "epochs_vae": 100},
                         "images": {"latent": 64, "epochs_vae": 100}}
-
-    @classmethod
-    def resolve_options(cls, cfg, kind):
-        from ..errors import ConfigError
-        choice_option(cfg, "uae_variant", UAE_VARIANTS)
-        choice_option(cfg, "uae_form", UAE_FORMS)
-        choice_option(cfg, "uae_heuristic", SIGMA_HEURISTICS)
-        positive_int_option(cfg, "uae_points")
-        positive_int_option(cfg, "expost_components")
-        n = cfg.latent
-        if cfg.uae_heuristic != "random":
-            if cfg.uae_points % 2:
-                raise ConfigError(f"--uae-heuristic {cfg.uae_heuristic} takes sigma points in +/- pairs: "
-                                  f"--uae-points must be even, got {cfg.uae_points}")
-            if cfg.uae_points // 2 > n:
-                raise ConfigError(f"--uae-points {cfg.uae_points} asks for {cfg.uae_points // 2} pairs, but "
-                                  f"the latent has only n = {n} axes (at most {2 * n} points in pairs)")
-        k = cfg.uae_kappa
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not -n < k < float("inf"):
-            raise ConfigError(f"--uae-kappa must be a number > -n = {-n}, got {k!r}")
-        for name in ("uae_beta", "uae_gamma"):
-            v = getattr(cfg, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                  or not 0 <= v < float("inf")):
-                raise ConfigError(f"{name} must be a non-negative number, got {v!r}")
-        return cfg
 
     def __init__(self, cfg, info, ops=None):
         self.expost_report = None
@@ -460,18 +468,18 @@ class UAERecipe(ModelRecipe):
 
     @property
     def display_name(self) -> str:
-        return f"UAE family ({self.cfg.uae_variant}, {self.cfg.uae_form} form, K = {self.cfg.uae_points})"
+        return f"UAE family ({self.opts.uae_variant}, {self.opts.uae_form} form, K = {self.opts.uae_points})"
 
     def build(self):
-        c, i = self.cfg, self.info
+        c, o, i = self.cfg, self.opts, self.info
         model = UnscentedAE(i.kind, i.shape, c.latent, self.hidden, ops=self.ops, likelihood=self.likelihood(),
-                            variant=c.uae_variant, form=c.uae_form, points=c.uae_points,
-                            heuristic=c.uae_heuristic, kappa=c.uae_kappa, beta=c.uae_beta, gamma=c.uae_gamma,
-                            arch=c.arch, expost_components=c.expost_components)
+                            variant=o.uae_variant, form=o.uae_form, points=o.uae_points,
+                            heuristic=o.uae_heuristic, kappa=o.uae_kappa, beta=o.uae_beta, gamma=o.uae_gamma,
+                            arch=o.arch, expost_components=o.expost_components)
         return {"ae": None, "vae": model}
 
     def stages(self):
-        return [Stage("uae", "train", self.cfg.uae_variant.upper(), self.cfg.epochs_vae, UnscentedAE.TERMS),
+        return [Stage("uae", "train", self.opts.uae_variant.upper(), self.cfg.epochs_vae, UnscentedAE.TERMS),
                 Stage("expost", "fit", "ex-post GMM")]
 
     def loss_needs_grad(self, stage) -> bool:
@@ -494,7 +502,7 @@ class UAERecipe(ModelRecipe):
         return "outputs"
 
     def objective_units(self) -> str:
-        if self.cfg.uae_form == "code":
+        if self.opts.uae_form == "code":
             return "squared error (mean over an example's entries and the batch, the authors' code) + weighted regularisers"
         return "squared error (sum over an example's entries) + weighted regularisers"
 
@@ -505,7 +513,7 @@ class UAERecipe(ModelRecipe):
         self.expost_report = ck.get("expost_fit")
 
     def summary(self):
-        c = self.cfg
+        c = self.opts
         return {"expost_fit": self.expost_report, "uae_variant": c.uae_variant, "uae_form": c.uae_form,
                 "uae_points": c.uae_points, "uae_heuristic": c.uae_heuristic, "uae_kappa": c.uae_kappa,
                 "uae_beta": self.generative.beta, "uae_gamma": self.generative.gamma}

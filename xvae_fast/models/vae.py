@@ -20,15 +20,18 @@ coordinates), both averaged over the batch: the paper's per-example objective.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..functional import ROUTINGS
+from ..options import ModelOptions, option
 from ..plans import Plan
 from ..prior import MixturePrior
 from .architectures import build_body, build_decoder
+from .generative import GenerativeModule
 from .likelihood import Likelihood, SquaredError
 from .ops import get_ops
 from .protocol import ModelRecipe, register
@@ -38,7 +41,7 @@ MODES = ("mixture", "single", "standard")
 KL_OBJECTIVES = ("paper", "tight", "mixture")
 
 
-class VAE(nn.Module):
+class VAE(GenerativeModule):
     def __init__(self, kind: str, shape: Sequence[int], latent: int, mode: str,
                  plan: Optional[Plan] = None, hidden: Sequence[int] = (128, 128), ops=None,
                  kl: str = "paper", likelihood: Optional[Likelihood] = None,
@@ -73,6 +76,12 @@ class VAE(nn.Module):
         self.prior: Optional[MixturePrior] = None
         if mode == "standard":
             self.set_prior(MixturePrior.single(torch.zeros(latent), torch.ones(latent)))
+
+    @property
+    def routings(self):
+        """The mixture X-VAE's generation routes its C > 1 components per row or per coordinate."""
+        prior = self.prior
+        return ROUTINGS if self.mode == "mixture" and prior is not None and prior.num_components > 1 else ()
 
     @property
     def requires_prior_fit(self) -> bool:
@@ -194,14 +203,32 @@ class VAE(nn.Module):
         return self.decode(z.float()).float()
 
 
+@dataclasses.dataclass
+class KLWeightOption(ModelOptions):
+    """The KL's weight in the trained loss of the models whose loss is the likelihood plus a KL."""
+    kl_weight: Optional[float] = option(
+        None, "beta, the KL's weight in the trained loss (1: the ELBO; the reported objective is always "
+        "the ELBO)", type="float", metavar="BETA", above=0, default_text="1")
+
+
+@dataclasses.dataclass
+class StandardVAEOptions(KLWeightOption):
+    def finish(self, cfg, kind):
+        return self.replace(kl_weight=1.0 if self.kl_weight is None else float(self.kl_weight))
+
+
 @register
 class StandardVAERecipe(ModelRecipe):
     """`--model vae`: the standard VAE with the N(0, I) prior, trained end to end (no stage 1)."""
     name = "vae"
     title = "standard VAE (N(0, I) prior)"
+    Options = StandardVAEOptions
 
     def build(self):
         i, c = self.info, self.cfg
         return {"ae": None, "vae": VAE(i.kind, i.shape, c.latent, "standard", None, hidden=self.hidden,
-                                       kl_weight=c.kl_weight if c.kl_weight is not None else 1.0,
-                                       ops=self.ops, likelihood=self.likelihood(), routing="per-row")}
+                                       kl_weight=self.opts.kl_weight, ops=self.ops,
+                                       likelihood=self.likelihood(), routing="per-row")}
+
+    def summary(self):
+        return {"kl_weight": self.opts.kl_weight}

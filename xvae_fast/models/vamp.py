@@ -16,14 +16,27 @@ prior's trainable parameters: C x (input size).
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence, Tuple
+import dataclasses
+from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .baseline import MixturePriorVAE, SizedPriorRecipe, uniform_log_weights
+from ..options import ModelOptions, option
 from .protocol import register
+
+# paper Table 5: MNIST 200, CelebA 32; the bundled digits (1437 images) 50, the 2-D clusters 10;
+# paper 001's 2-D benchmark 64 (its VampPrior warm-up, SPEC-related 1.2)
+PSEUDO_INPUTS = {"digits": 50, "clusters": 10, "mnist": 200, "celeba": 32, "images": 32, "npy": 50,
+                 "8gaussians": 64, "2spirals": 64, "checkerboard": 64, "rings": 64}
+
+
+@dataclasses.dataclass
+class VampOptions(ModelOptions):
+    pseudo_inputs: Optional[int] = option(None, "learned pseudo-inputs (paper Table 5: mnist 200, celeba 32)",
+                                          type="int", metavar="C", minimum=1, per_dataset=PSEUDO_INPUTS)
 
 
 class VampPriorVAE(MixturePriorVAE):
@@ -62,12 +75,8 @@ class VampPriorVAE(MixturePriorVAE):
 class VampRecipe(SizedPriorRecipe):
     name = "vamp"
     title = "VampPrior VAE"
-    options = ("pseudo_inputs",)
+    Options = VampOptions
     size_option = "pseudo_inputs"
-    # paper Table 5: MNIST 200, CelebA 32; the bundled digits (1437 images) 50, the 2-D clusters 10;
-    # paper 001's 2-D benchmark 64 (its VampPrior warm-up, SPEC-related 1.2)
-    SIZES = {"digits": 50, "clusters": 10, "mnist": 200, "celeba": 32, "images": 32, "npy": 50,
-             "8gaussians": 64, "2spirals": 64, "checkerboard": 64, "rings": 64}
 
     def make(self, size):
         i = self.info

@@ -11,49 +11,123 @@ routed-transport plan (`models.vae.VAE`). The recipe the trainer drives (models/
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from typing import Any, Dict, Union
+from typing import Any, Dict, Optional, Union
 
 from ..config_io import load_config_file
 from ..errors import ConfigError
+from ..functional import ROUTINGS
+from ..options import option
 from ..plans import PRESETS, Plan
+from ..prior_fit import BACKENDS as EM_BACKENDS
 from .autoencoder import Autoencoder
-from .protocol import TERMS_VAE, ModelRecipe, Stage, prior_dict, register
-from .vae import VAE
+from .protocol import TERMS_VAE, ModelRecipe, Stage, StartAt, prior_dict, register
+from .vae import KL_OBJECTIVES, VAE, KLWeightOption
 
 TERMS_AE = ("loss", "recon")
 PLAN_NAMES = ("single",) + PRESETS
 PRIOR_FITS = ("auto", "em", "single")
+STAGE2_INITS = ("ae", "random")
+# X-VAE's stage-2 KL weight under --preset default (docs/choosing-defaults.md, "Stage 2 against its
+# ex-post reference")
+DEFAULT_KL_WEIGHT = 0.25
+# The stage-2 method under each --preset (SPEC Revision 2). `paper` is the paper read literally (Eq. 18,
+# plan `full`, a randomly initialised stage 2, Eq. 20's per-coordinate generation; its squared error is
+# the shared --likelihood, config.py); `default` is the library's, chosen by the measurements in
+# docs/choosing-defaults.md.
+METHOD_CHOICES = {
+    "paper": dict(plan="full", kl="paper", stage2_init="random", routing="per-coordinate", kl_weight=1.0),
+    "default": dict(plan="matched", kl="tight", stage2_init="ae", routing="per-row",
+                    kl_weight=DEFAULT_KL_WEIGHT),
+}
+PRESET_TEXT = "from --preset: default {}, paper {}"
+
+
+def _preset_default(name: str) -> str:
+    return PRESET_TEXT.format(METHOD_CHOICES["default"][name], METHOD_CHOICES["paper"][name])
+
+
+@dataclasses.dataclass
+class XVAEOptions(KLWeightOption):
+    """X-VAE's options: the stage-2 method (SPEC Revision 2) and the prior fit between the stages."""
+    plan: Union[str, Dict[str, Any], None] = option(
+        None, "configuration: single, full, interleaved, split-2/3, split-1/3, k1-pp-np, k1-pq-np, "
+        "k1-pp-nq, k1-pq-nq, matched, a custom plan file (JSON/YAML, one entry per latent coordinate) or "
+        "inline JSON", type="plan", metavar="NAME|FILE", default_text=_preset_default("plan"))
+    kl: Optional[str] = option(
+        None, "mixture KL: paper (Eq. 18, batch pi_q), tight (Lemma 1 at the optimal per-row weights, no "
+        "logits head), mixture (Lemma 1 with the encoder's per-row weights); mixture plans only",
+        type="str", choices=KL_OBJECTIVES, optional=True, default_text=_preset_default("kl"))
+    stage2_init: Optional[str] = option(
+        None, "start stage 2 from the stage-1 autoencoder's encoder and decoder (ae) or from random "
+        "weights (random, the paper)", type="str", choices=STAGE2_INITS, default_text=_preset_default("stage2_init"))
+    routing: Optional[str] = option(
+        None, "generation: one prior component per sample (per-row: exact sampling of the fitted "
+        "mixture) or per coordinate (the paper's Eq. 20); used by the run's outputs, sample and evaluate; "
+        "mixture plans only", type="str", choices=ROUTINGS, optional=True, default_text=_preset_default("routing"))
+    prior_fit: str = option("auto", "auto: single for --plan single, else the EM mixture",
+                            choices=PRIOR_FITS)
+    em_backend: str = option(
+        "torch", "the EM of the mixture prior: torch (scikit-learn's algorithm in float64 on the run's "
+        "device, the fused E-step; ~4x faster on MNIST) or sklearn (GaussianMixture, the reference)",
+        choices=EM_BACKENDS)
+    em_n_init: int = option(3, "EM restarts, the best kept", metavar="N", minimum=1)
+    em_max_iter: int = option(200, "EM iteration cap", metavar="N", minimum=1)
+    em_tol: float = option(1e-3, "EM convergence tolerance", minimum=0)
+    em_var_floor: float = option(1e-4, "variance floor, relative to the latents' mean variance", minimum=0)
+    em_weight_floor: float = option(1e-3, "minimum mixture weight before renormalising (< 1/K)", minimum=0)
+    stage1_from: Optional[str] = option(
+        None, "reuse the trained autoencoder of another run (same data and latent size) and skip stage 1",
+        type="str", metavar="RUN_DIR", optional=True)
+
+    def finish(self, cfg, kind):
+        if self.plan == "single" and (self.kl is not None or self.routing is not None):
+            raise ConfigError(f"--{'kl' if self.kl is not None else 'routing'} applies to the mixture "
+                              "plans; --plan single has one Gaussian prior component")
+        choices = METHOD_CHOICES[cfg.preset]
+        opts = self.replace(**{k: v for k, v in choices.items() if getattr(self, k) is None})
+        plan = parse_plan(opts.plan)
+        opts = opts.replace(plan=plan)
+        if isinstance(plan, dict) and len(plan["coordinates"]) != cfg.latent:
+            raise ConfigError(f"the custom plan has {len(plan['coordinates'])} coordinates but the "
+                              f"latent size (--latent) is {cfg.latent}")
+        mixture = plan != "single"
+        # kl and routing apply to the mixture plans: the saved config names what the run did
+        opts = opts.replace(kl=opts.kl if mixture else None, routing=opts.routing if mixture else None,
+                            kl_weight=float(opts.kl_weight))
+        if cfg.epochs_ae < 1 and opts.stage1_from is None:
+            raise ConfigError("X-VAE needs a trained stage-1 autoencoder: --epochs-ae must be >= 1 "
+                              "(or reuse one with --stage1-from RUN_DIR)")
+        if plan == "single" and opts.prior_fit == "em":
+            raise ConfigError("plan 'single' uses the single-Gaussian prior; --prior-fit em needs a "
+                              "mixture plan")
+        if mixture and opts.prior_fit == "single":
+            raise ConfigError(f"plan {plan_name(plan)!r} routes over a C = K mixture prior; "
+                              "--prior-fit single is only for --plan single")
+        # only the mixture fits a K-component prior
+        if mixture and opts.em_weight_floor * cfg.latent >= 1:
+            raise ConfigError(f"--em-weight-floor {opts.em_weight_floor:g} is too large for the C = K = "
+                              f"{cfg.latent} components of --latent {cfg.latent} (it must be < 1/K = "
+                              f"{1 / cfg.latent:.3g}); pass a smaller --em-weight-floor")
+        return opts
+
+
+def plan_name(plan) -> str:
+    if isinstance(plan, dict):
+        return str(plan.get("name", "custom"))
+    return str(plan)
 
 
 @register
 class XVAERecipe(ModelRecipe):
     name = "xvae"
     title = "X-VAE"
-    options = ("plan", "kl", "stage2_init", "routing", "prior_fit")
+    Options = XVAEOptions
     pretrains_autoencoder = True
-
-    @classmethod
-    def resolve_options(cls, cfg, kind):
-        plan = parse_plan(cfg.plan)
-        cfg = cfg.replace(plan=plan)
-        if isinstance(plan, dict) and len(plan["coordinates"]) != cfg.latent:
-            raise ConfigError(f"the custom plan has {len(plan['coordinates'])} coordinates but the "
-                              f"latent size (--latent) is {cfg.latent}")
-        if cfg.epochs_ae < 1 and cfg.stage1_from is None:
-            raise ConfigError("X-VAE needs a trained stage-1 autoencoder: --epochs-ae must be >= 1 "
-                              "(or reuse one with --stage1-from RUN_DIR)")
-        if cfg.prior_fit not in PRIOR_FITS:
-            raise ConfigError(f"--prior-fit must be one of {PRIOR_FITS}, got {cfg.prior_fit!r}")
-        if cfg.plan == "single" and cfg.prior_fit == "em":
-            raise ConfigError("plan 'single' uses the single-Gaussian prior; --prior-fit em needs a "
-                              "mixture plan")
-        if cfg.plan != "single" and cfg.prior_fit == "single":
-            raise ConfigError(f"plan {cfg.plan_name!r} routes over a C = K mixture prior; "
-                              "--prior-fit single is only for --plan single")
-        return cfg
+    reference_samplers = ("expost",)
 
     def __init__(self, cfg, info, ops=None):
         self.prior_report = None
@@ -65,14 +139,14 @@ class XVAERecipe(ModelRecipe):
         return f"X-VAE ({self.cfg.plan_name})"
 
     def build(self):
-        c, i = self.cfg, self.info
+        c, o, i = self.cfg, self.opts, self.info
         ae = Autoencoder(i.kind, i.shape, c.latent, self.hidden, likelihood=self.likelihood())
-        if c.plan == "single":
+        if o.plan == "single":
             mode, plan = "single", None
         else:
             mode, plan = "mixture", c.build_plan()
-        vae = VAE(i.kind, i.shape, c.latent, mode, plan, kl=c.kl or "paper", routing=c.routing or "per-row",
-                  kl_weight=c.kl_weight if c.kl_weight is not None else 1.0,
+        vae = VAE(i.kind, i.shape, c.latent, mode, plan, kl=o.kl or "paper", routing=o.routing or "per-row",
+                  kl_weight=o.kl_weight,
                   hidden=self.hidden, ops=self.ops, likelihood=self.likelihood())
         return {"ae": ae, "vae": vae}
 
@@ -84,17 +158,17 @@ class XVAERecipe(ModelRecipe):
     # -- the prior fit ------------------------------------------------------------------------------
     def fit(self, stage, trainer) -> None:
         from ..prior_fit import describe_fit, fit_mixture, fit_single
-        cfg, ae, vae = self.cfg, self.modules["ae"], self.modules["vae"]
+        cfg, o, ae, vae = self.cfg, self.opts, self.modules["ae"], self.modules["vae"]
         t0 = time.time()
         z = trainer.encode(ae.encode, "train")
-        if cfg.plan == "single":
-            fit = fit_single(z, cfg.em_var_floor)
+        if o.plan == "single":
+            fit = fit_single(z, o.em_var_floor)
         else:
             # the torch EM runs where the run does (the codes come back on the CPU)
-            fit = fit_mixture(z.to(trainer.device) if cfg.em_backend == "torch" else z, cfg.latent,
-                              seed=cfg.seed, n_init=cfg.em_n_init, max_iter=cfg.em_max_iter,
-                              tol=cfg.em_tol, var_floor=cfg.em_var_floor,
-                              weight_floor=cfg.em_weight_floor, backend=cfg.em_backend)
+            fit = fit_mixture(z.to(trainer.device) if o.em_backend == "torch" else z, cfg.latent,
+                              seed=cfg.seed, n_init=o.em_n_init, max_iter=o.em_max_iter,
+                              tol=o.em_tol, var_floor=o.em_var_floor,
+                              weight_floor=o.em_weight_floor, backend=o.em_backend)
         fit.report["seconds"] = round(time.time() - t0, 3)
         try:
             vae.set_prior(fit.prior)
@@ -105,7 +179,7 @@ class XVAERecipe(ModelRecipe):
         trainer.log("prior: " + describe_fit(fit.report))
         if not fit.report["converged"]:
             trainer.log("warning: EM did not converge; the prior is the last iterate")
-        if cfg.stage2_init == "ae":
+        if o.stage2_init == "ae":
             vae.init_from_autoencoder(ae)
             trainer.log("stage 2 initialised from the stage-1 autoencoder (--stage2-init ae)")
 
@@ -115,13 +189,13 @@ class XVAERecipe(ModelRecipe):
         return None
 
     # -- reusing another run's stage 1 --------------------------------------------------------------
-    def on_new_run(self, trainer) -> None:
+    def on_new_run(self, trainer) -> Optional[StartAt]:
         from ..config import check_training_rows
         # the prior fit comes after stage 1: too few rows for it are refused before anything trains
         check_training_rows(self.cfg, len(trainer.data.train))
-        source = self.cfg.stage1_from
+        source = self.opts.stage1_from
         if not source:
-            return
+            return None
         ck, src, path = trainer.read_run(source)
         if src.model != self.name or ck["models"].get("ae") is None:
             raise ConfigError(f"--stage1-from {source!r}: that run has no stage-1 autoencoder")
@@ -141,10 +215,9 @@ class XVAERecipe(ModelRecipe):
                               f"{src.likelihood}, this run uses --likelihood {self.cfg.likelihood}; the "
                               "stages share one likelihood (pass the same --likelihood)")
         trainer.load_module_state(self.modules["ae"], ck["models"]["ae"], "stage-1 autoencoder", path)
-        trainer.history = [r for r in ck["history"] if r.get("stage") == "ae"]
-        trainer.stage = "prior"
         self.stage1_source = os.path.abspath(source)
         trainer.log(f"stage 1: reusing the autoencoder of {source}")
+        return StartAt("prior", tuple(r for r in ck["history"] if r.get("stage") == "ae"))
 
     # -- checkpoint and summary -------------------------------------------------------------------
     def state(self) -> Dict[str, Any]:
@@ -159,7 +232,7 @@ class XVAERecipe(ModelRecipe):
 
     def reference_models(self):
         """The ex-post reference: the stage-1 autoencoder decoding per-row samples of the fitted prior
-        (models/expost.py; `evaluate` reports it through its own --expost)."""
+        (models/expost.py), the sampler stage 2 must beat; available once the prior is fitted."""
         prior = self.modules["vae"].prior
         if self.modules.get("ae") is None or prior is None:
             return {}
@@ -167,8 +240,9 @@ class XVAERecipe(ModelRecipe):
         return {"expost": ExPostModel(self.modules["ae"], prior, "per-row", self.ops).eval()}
 
     def summary(self) -> Dict[str, Any]:
-        ae = self.modules["ae"]
-        return {"prior_fit": self.prior_report,
+        ae, o = self.modules["ae"], self.opts
+        return {"kl_objective": o.kl, "stage2_init": o.stage2_init, "routing": o.routing,
+                "kl_weight": o.kl_weight, "prior_fit": self.prior_report,
                 # X-VAE's one-time stage-1 autoencoder, not counted in Table 4
                 "stage1_params": int(sum(p.numel() for p in ae.parameters() if p.requires_grad))}
 

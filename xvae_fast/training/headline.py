@@ -57,37 +57,32 @@ def _generate(model, n: int, alpha: float, routing: Optional[str], seed: int, de
     return model.generate(n, alpha, routing, generator=g)
 
 
-def _fd(real: np.ndarray, fake: np.ndarray) -> Optional[float]:
-    from ..evaluation.frechet import frechet_distance_from_features
-    try:
-        v = float(frechet_distance_from_features(real, fake))
-    except (ValueError, np.linalg.LinAlgError):   # degenerate samples: not defined, not a crash
-        return None
-    return v if math.isfinite(v) else None
-
-
 @torch.no_grad()
-def comparable_headline(info, data_test, vae, expost, alpha: float, routing: Optional[str], seed: int,
-             device) -> Dict[str, Any]:
-    """summary.json's `headline`: FD-data of the run's sampler (and of its ex-post reference)."""
+def comparable_headline(info, data_test, vae, references: Dict[str, Any], alpha: float,
+                        routing: Optional[str], seed: int, device) -> Dict[str, Any]:
+    """summary.json's `headline`: FD-data of the run's sampler, and of each of its reference samplers
+    (by name: X-VAE's `expost`) with the same noise."""
+    from ..evaluation.units import fd_or_none
     idx = real_subset(data_test)
     real_x = info.to_data_space(data_test.get_batch(idx))
     real = pooled(real_x)
-    modes = [(m, m.training) for m in (vae, expost) if m is not None]
+    modes = [(m, m.training) for m in (vae, *references.values())]
     for m, _ in modes:       # BatchNorm layers (Two-Stage, UAE) must sample with their running stats
         m.eval()
     try:
         fake = pooled(info.to_data_space(_generate(vae, N_HEADLINE, alpha, routing, seed + SEED_OFFSET,
                                                    device)))
         out: Dict[str, Any] = {
-            "metric": "fd_data", "label": LABEL, "value": _fd(real, fake),
+            "metric": "fd_data", "label": LABEL, "value": fd_or_none(real, fake),
             "n_samples": N_HEADLINE, "n_real": int(len(idx)), "alpha": alpha, "routing": routing,
             "dims": int(real.shape[1]), "features": FEATURES,
         }
-        if expost is not None:   # the same prior through the stage-1 autoencoder, the same noise
-            fake_e = pooled(info.to_data_space(_generate(expost, N_HEADLINE, alpha, None,
-                                                         seed + SEED_OFFSET, device)))
-            out["expost"] = _fd(real, fake_e)
+        if references:
+            out["references"] = {name: ref.reference_title for name, ref in references.items()}
+        for name, ref in references.items():
+            fake_r = pooled(info.to_data_space(_generate(ref, N_HEADLINE, alpha, None, seed + SEED_OFFSET,
+                                                         device)))
+            out[name] = fd_or_none(real, fake_r)
     finally:
         for m, was in modes:
             m.train(was)
@@ -102,9 +97,9 @@ def headline_line(h: Optional[Dict[str, Any]]) -> Optional[str]:
     text = (f"{h['label']} {v:.4g}" if v is not None else f"{h['label']} not defined (degenerate samples)")
     text += (f" ({h['n_samples']} samples against {h['n_real']} test examples in data space, "
              "comparable across models on this dataset; lower is better")
-    if "expost" in h:
-        e = h["expost"]
-        text += f"; ex-post reference {e:.4g}" if e is not None else "; ex-post reference not defined"
+    for name, title in (h.get("references") or {}).items():
+        e = h.get(name)
+        text += f"; {title} {e:.4g}" if e is not None else f"; {title} not defined"
     return text + ")"
 
 

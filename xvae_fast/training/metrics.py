@@ -1,27 +1,18 @@
 """Per-epoch metrics: metrics.csv and metrics.json in the run folder (rewritten from the full history
-each epoch, so a resumed run's files are complete), optional TensorBoard scalars, and the cluster
-diagnostics of the synthetic benchmark."""
+each epoch, so a resumed run's files are complete), optional TensorBoard scalars, and the summary's
+table row."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 from typing import Dict, List, Optional
 
-import numpy as np
-
-from ..atomic_file import atomic_open
+from ..atomic_file import atomic_open, write_json
 from ..errors import ConfigError
 
 COLUMNS = ["stage", "epoch", "step", "lr", "train_loss", "train_recon", "train_kl", "train_kl_cat",
            "train_kl_gauss", "test_loss", "test_recon", "test_kl", "test_kl_cat", "test_kl_gauss",
            "gamma", "gamma_floor_binds", "time_s", "eval_s"]
-
-
-def write_json(obj, path: str) -> None:
-    """Atomically (no temporary file is left on an error, a full disk is a one-line DiskFullError)."""
-    with atomic_open(path, "w") as f:
-        json.dump(obj, f, indent=2, default=float)
 
 
 def write_metrics(history: List[Dict], run_dir: str) -> None:
@@ -54,24 +45,6 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def mode_fraction(x: np.ndarray, centres, stds, n_std: float = 3.0) -> float:
-    """Fraction of points within n_std standard deviations (Euclidean) of some mode centre."""
-    x = np.asarray(x, dtype=np.float64)
-    c = np.asarray(centres, dtype=np.float64)
-    s = np.asarray(stds, dtype=np.float64)
-    d = np.linalg.norm(x[:, None, :] - c[None], axis=2) / s[None]
-    return float((d.min(axis=1) <= n_std).mean())
-
-
-def nearest_mode_counts(x: np.ndarray, centres, stds, n_std: float = 3.0) -> List[int]:
-    """Per mode, how many points lie within n_std of it (shows whether all modes are covered)."""
-    x = np.asarray(x, dtype=np.float64)
-    c = np.asarray(centres, dtype=np.float64)
-    s = np.asarray(stds, dtype=np.float64)
-    d = np.linalg.norm(x[:, None, :] - c[None], axis=2) / s[None]
-    return [int(v) for v in (d <= n_std).sum(axis=0)]
 
 
 def table_row(summary: Dict) -> str:

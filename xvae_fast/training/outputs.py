@@ -2,7 +2,8 @@
 --routing in samples.png; a mixture X-VAE also gets the other routing, and the ex-post reference, the
 stage-1 autoencoder decoding per-row prior samples), an alpha sweep, the raw samples, for the
 synthetic clusters the fraction of samples that land within 3 standard deviations of a mode, and for
-the 2-D benchmark (data/toy2d.py) paper 001's histogram KL / JSD and the 8gaussians mode coverage."""
+the 2-D benchmark (data/toy2d.py) paper 001's histogram KL / JSD and the 8gaussians mode coverage
+(measured by evaluation/units.py's ClusterModes and Histogram2D, the units `evaluate` runs)."""
 from __future__ import annotations
 
 import os
@@ -11,8 +12,8 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from .metrics import mode_fraction, nearest_mode_counts
-from .plots import plot_curves, save_image_grid, save_image_rows, save_scatter
+from ..evaluation.units import N_POINTS, ClusterModes, Histogram2D
+from ..plots import plot_curves, save_image_grid, save_image_rows, save_scatter
 
 OUTPUT_SEED_OFFSET = 2_000_003
 N_RECON = 32
@@ -21,10 +22,10 @@ N_SWEEP_POINTS = 600
 N_CLUSTER_SAMPLES = 2000
 
 
-def _title(key: str, alpha: float, routed: bool = True) -> str:
-    if key == "expost":
-        return (f"ex-post reference: stage-1 AE decoding prior samples, alpha={alpha:g}, per-row "
-                "routing")
+def _title(key: str, alpha: float, routed: bool = True, reference=None) -> str:
+    if reference is not None:
+        routing = f", {reference.default_routing} routing" if reference.routings else ""
+        return f"{reference.reference_title}: {reference.reference_label}, alpha={alpha:g}{routing}"
     return f"samples, alpha={alpha:g}, {key} routing" if routed else f"samples, alpha={alpha:g}"
 
 
@@ -47,18 +48,16 @@ def write_outputs(tr) -> Dict[str, Any]:
     plot_curves(tr.history, os.path.join(out, "curves.png"), title, stages)
     files["curves"] = "curves.png"
 
-    mixture = getattr(vae, "mode", None) == "mixture"
+    mixture = bool(vae.routings)
     primary = tr.primary_routing()
-    routings = [primary] + ([r for r in ("per-row", "per-coordinate") if r != primary] if mixture else [])
-    sample_sets = list(routings)      # routings, then the ex-post reference of an X-VAE run
-    expost = tr.expost_model()
-    if expost is not None:
-        sample_sets.append("expost")
+    routings = [primary] + [r for r in vae.routings if r != primary]
+    references = tr.recipe.available_references()
+    sample_sets = list(routings) + list(references)     # the model's routings, then its references
 
     def file_name(key):
         if key == primary:
             return "samples.png"
-        return "samples_expost.png" if key == "expost" else f"samples_{key.replace('-', '_')}.png"
+        return f"samples_{key.replace('-', '_')}.png"
     devices = [dev] if dev.type == "cuda" else []
     result: Dict[str, Any] = {}
 
@@ -75,8 +74,8 @@ def write_outputs(tr) -> Dict[str, Any]:
     for key in sample_sets:
         g = _generator(dev, seed + 1)
         n = cfg.n_samples if info.kind == "image" else max(cfg.n_samples, N_CLUSTER_SAMPLES)
-        model = expost if key == "expost" else vae
-        routing = None if key == "expost" else key
+        model = references.get(key, vae)
+        routing = None if key in references else key
         generated = model.generate(n, cfg.alpha, routing, generator=g)
         if key == primary:
             primary_model_space = generated
@@ -97,7 +96,8 @@ def write_outputs(tr) -> Dict[str, Any]:
                         "test reconstructions")
         for key in sample_sets:
             name = file_name(key)
-            save_image_grid(samples[key], os.path.join(out, name), nrow=8, title=_title(key, cfg.alpha, mixture or key == 'expost'))
+            save_image_grid(samples[key], os.path.join(out, name), nrow=8,
+                            title=_title(key, cfg.alpha, mixture, references.get(key)))
             files[f"samples_{key}"] = name
         sweep = []
         for a in cfg.alphas:
@@ -117,7 +117,7 @@ def write_outputs(tr) -> Dict[str, Any]:
         for key in sample_sets:
             name = file_name(key)
             save_scatter([data_np, samples[key].numpy()], ["data (test)", "samples"],
-                         os.path.join(out, name), _title(key, cfg.alpha, mixture or key == 'expost'))
+                         os.path.join(out, name), _title(key, cfg.alpha, mixture, references.get(key)))
             files[f"samples_{key}"] = name
         # the model's density: the same decoded means with the likelihood's noise added
         noise = _generator(dev, seed + 3)
@@ -132,24 +132,22 @@ def write_outputs(tr) -> Dict[str, Any]:
             sweep.append(info.to_data_space(vae.generate(N_SWEEP_POINTS, a, primary, g)).numpy())
         save_scatter(sweep, [f"alpha={a:g}" for a in cfg.alphas], os.path.join(out, "alpha_sweep.png"),
                      "alpha sweep" + (f" ({primary} routing)" if mixture else ""), panels=True, reference=data_np)
-        if "centres" in info.extra:
-            c, s = info.extra["centres"], info.extra["stds"]
+        modes = ClusterModes()
+        if modes.fits(info):
             result["clusters"] = {
-                "within_3std_data": mode_fraction(data_np, c, s),
-                "within_3std_samples": {r: mode_fraction(samples[r].numpy(), c, s) for r in sample_sets},
-                "samples_per_mode": {r: nearest_mode_counts(samples[r].numpy(), c, s) for r in sample_sets},
-                "within_3std_reconstructions": mode_fraction(info.to_data_space(xv).numpy(), c, s),
+                "within_3std_data": modes.within(info, data_np),
+                "within_3std_samples": {r: modes.within(info, samples[r].numpy()) for r in sample_sets},
+                "samples_per_mode": {r: modes.counts(info, samples[r].numpy()) for r in sample_sets},
+                "within_3std_reconstructions": modes.within(info, info.to_data_space(xv).numpy()),
                 "recon_mse_data_units": float(((info.to_data_space(xv) - info.to_data_space(x)) ** 2)
                                               .sum(1).mean()),
                 "n_samples": int(samples[primary].shape[0]), "routing": primary,
-                "within_3std_samples_decoder_noise": mode_fraction(noisy, c, s),
+                "within_3std_samples_decoder_noise": modes.within(info, noisy),
             }
-        if "toy2d" in info.extra:   # the 2-D benchmark: paper 001's histogram metrics of 5,000 samples
-            from ..evaluation.histogram import DESCRIPTION, N_POINTS, toy2d_metrics
+        if Histogram2D().fits(info):   # the 2-D benchmark: paper 001's histogram metrics of 5,000 samples
             g = _generator(dev, seed + 4)
             xs = info.to_data_space(vae.generate(N_POINTS, cfg.alpha, primary, generator=g)).numpy()
-            result["toy2d"] = dict(toy2d_metrics(xs, info.extra["toy2d"]), alpha=cfg.alpha,
-                                   routing=primary, description=DESCRIPTION)
+            result["toy2d"] = Histogram2D.entry(info, xs, alpha=cfg.alpha, routing=primary)
     files["reconstructions"] = "reconstructions.png"
     files["alpha_sweep"] = "alpha_sweep.png"
     vae.train()

@@ -1,5 +1,6 @@
 """How a run ran (issue 26, item 18): a two-rank torchrun run and a one-process run used to write the
-same summary. Recorded in summary.json as `provenance` and shown by `evaluate` and `compare`."""
+same summary. Recorded in summary.json as `provenance` and shown by `evaluate` and `compare`
+(evaluation/report.py's provenance_line)."""
 from __future__ import annotations
 
 import os
@@ -45,15 +46,3 @@ def provenance(world, device: torch.device, precision: str, channels_last: bool)
         "source_revision": source_revision(), "python": platform.python_version(),
         "platform": platform.platform(terse=True),
     }
-
-
-def provenance_line(p: Optional[Dict[str, Any]]) -> Optional[str]:
-    """One line for reports."""
-    if not p:
-        return None
-    where = p.get("device_name") or p.get("device")
-    ranks = f"{p['world_size']} ranks ({p.get('backend')})" if p.get("world_size", 1) > 1 else "1 process"
-    rev = p.get("source_revision")
-    return (f"{ranks} on {where}, {p.get('threads')} threads, {p.get('precision')}; torch {p.get('torch')}, "
-            f"xvae_fast {p.get('xvae_fast')}" + (f" ({rev[:12]}{'+dirty' if rev.endswith('+dirty') else ''})"
-                                                if rev else ""))

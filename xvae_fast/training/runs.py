@@ -20,9 +20,10 @@ def run_status(run_dir: str, intended: TrainConfig) -> str:
         return "new"
     ck = ckpt.load_checkpoint(run_dir)
     saved = TrainConfig.from_saved(ck["config"])
-    diffs = [f"{k} (run: {getattr(saved, k)!r}, asked for: {getattr(intended, k)!r})"
-             for k in TrainConfig.field_names()
-             if k not in IGNORED_ON_REUSE and getattr(saved, k) != getattr(intended, k)]
+    sav, want = saved.flat(), intended.flat()
+    diffs = [f"{k} (run: {sav.get(k)!r}, asked for: {want.get(k)!r})"
+             for k in sorted(set(sav) | set(want), key=list({**sav, **want}).index)
+             if k not in IGNORED_ON_REUSE and sav.get(k) != want.get(k)]
     if diffs:
         raise ConfigError(f"{run_dir!r} holds a run trained with other options: {'; '.join(diffs)}. "
                           "Pass --overwrite to retrain, or choose another --out")

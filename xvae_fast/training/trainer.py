@@ -39,8 +39,8 @@ from ..atomic_file import disk_full_error, remove_stale_temp_files
 from ..config_io import load_config_file
 from ..errors import (CheckpointError, ConfigError, DiskFullError, NonFiniteLossError, TrainingInterrupted,
                       XVAEError)
-from ..prior import MixturePrior
 from ..models import Stage, build_recipe, get_ops, ops_name
+from ..devices import pick_device
 from ..outpaths import make_out_dir, remove_created
 from ..progress import progress_bar, shorten
 from .. import shard as sharding
@@ -68,24 +68,6 @@ class RunResult:
     summary: Optional[Dict[str, Any]] = None
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown --device {name!r}; use cpu, cuda, cuda:N or auto") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name} asked for CUDA, but this torch has no usable CUDA "
-                              f"device (torch {torch.__version__}); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices")
-    elif dev.type != "cpu":
-        raise ConfigError(f"unsupported --device {name!r}; use cpu, cuda, cuda:N or auto")
-    return dev
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
@@ -102,10 +84,9 @@ def default_run_dir(cfg: TrainConfig) -> str:
 
 
 def _explicit_changes(cfg: TrainConfig, explicit: Optional[Set[str]]) -> Dict[str, Any]:
-    defaults = TrainConfig()
-    keys = explicit if explicit is not None else {
-        k for k in TrainConfig.field_names() if getattr(cfg, k) != getattr(defaults, k)}
-    return {k: getattr(cfg, k) for k in keys}
+    flat, defaults = cfg.flat(), TrainConfig().flat()
+    keys = explicit if explicit is not None else {k for k, v in flat.items() if v != defaults.get(k)}
+    return {k: flat.get(k) for k in keys}
 
 
 # Options a resume may change although they shape the training: the remedies a NaN stop advises. The
@@ -162,10 +143,11 @@ def _check_folder_config(run_dir: str, saved: TrainConfig, path: str) -> Optiona
         resolve(recorded)
     except (XVAEError, OSError, ValueError, TypeError) as exc:     # UnicodeDecodeError is a ValueError
         return f"config.yaml was unreadable ({shorten(str(exc), 160)})"
-    diffs = [f"{k} (config.yaml: {getattr(recorded, k)!r}, checkpoint: {getattr(saved, k)!r})"
-             for k in TrainConfig.field_names()
+    rec, sav = recorded.flat(), saved.flat()
+    diffs = [f"{k} (config.yaml: {rec.get(k)!r}, checkpoint: {sav.get(k)!r})"
+             for k in sorted(set(rec) | set(sav), key=list({**sav, **rec}).index)
              if k not in RUNTIME_KEYS and k not in RESUME_CHANGEABLE
-             and _plain(getattr(recorded, k)) != _plain(getattr(saved, k))]
+             and _plain(rec.get(k)) != _plain(sav.get(k))]
     if diffs:
         raise CheckpointError(
             f"checkpoint {path!r} does not belong to the run in {run_dir!r}: it was trained with other "
@@ -306,7 +288,9 @@ class Trainer:
         else:
             if self.world.is_main:
                 self._write_config(cfg)
-            self.recipe.on_new_run(self)
+            start = self.recipe.on_new_run(self)
+            if start is not None:
+                self.stage, self.history = start.stage, [dict(r) for r in start.history]
         ranks = (f" x {self.world.size} ranks (global batch {cfg.batch_size})"
                  if self.world.distributed else "")
         self.log(f"data {describe(self.data)}; model {self.model_name}; ops {ops_name(self.ops)}; "
@@ -442,10 +426,11 @@ class Trainer:
             candidate = resolve(saved.replace(**structural, **changeable))
         except ConfigError as exc:
             raise CheckpointError(f"cannot resume {run!r} with these options: {exc}") from exc
-        diffs = [f"{k} (checkpoint: {getattr(saved, k)!r}, given: {getattr(candidate, k)!r})"
-                 for k in TrainConfig.field_names()
+        sav, cand = saved.flat(), candidate.flat()
+        diffs = [f"{k} (checkpoint: {sav.get(k)!r}, given: {cand.get(k)!r})"
+                 for k in sorted(set(sav) | set(cand), key=list({**sav, **cand}).index)
                  if k not in RUNTIME_KEYS and k not in RESUME_CHANGEABLE
-                 and getattr(saved, k) != getattr(candidate, k)]
+                 and sav.get(k) != cand.get(k)]
         if diffs:
             raise CheckpointError(f"cannot resume {run!r}: the options differ from the run's saved "
                                   f"config in {'; '.join(diffs)}. Start a new run with --out instead, "
@@ -637,7 +622,7 @@ class Trainer:
         self.recipe.load_state(ck, path)
         for name, module in self.recipe.modules.items():
             if module is not None:
-                ckpt.load_state(module, ck["models"].get(name), _MODULE_WHAT.get(name, name), path)
+                ckpt.load_state(module, ck["models"].get(name), ckpt.MODULE_WHAT.get(name, name), path)
 
     def _module_states(self) -> Dict[str, Any]:
         return {k: (m.state_dict() if m is not None else None) for k, m in self.recipe.modules.items()}
@@ -1027,15 +1012,13 @@ class Trainer:
         gen = self.vae
         summary: Dict[str, Any] = {
             "model": cfg.model, "plan": cfg.plan_name, "model_name": self.model_name,
-            "preset": cfg.preset, "kl_objective": cfg.kl, "stage2_init": cfg.stage2_init,
-            "routing": cfg.routing, "kl_weight": cfg.kl_weight, "likelihood": cfg.likelihood,
+            "preset": cfg.preset, "likelihood": cfg.likelihood,
             "objective_units": self.recipe.objective_units(),
             "dataset": cfg.dataset, "latent": cfg.latent, "ops": ops_name(self.ops),
             "device": str(self.device), "precision": self.precision,
             "channels_last": self.channels_last, "steps": self.step,
             "train": objectives[headline.name]["train"],
             "test": objectives[headline.name]["test"],
-            "prior_fit": None,
             # paper Table 4: trainable parameters of the generative model, and of its prior alone
             "params": gen.param_counts(),
             # train stages given 0 epochs: their objectives are those of an untrained model
@@ -1054,7 +1037,7 @@ class Trainer:
             summary.update(write_outputs(self))
             summary["outputs_seconds"] = round(time.time() - t_out, 2)
         # a number comparable across models, beside the objective in its own units
-        summary["headline"] = comparable_headline(self.info, self.data.test, gen, self.expost_model(),
+        summary["headline"] = comparable_headline(self.info, self.data.test, gen, self.recipe.available_references(),
                                                   cfg.alpha, self.primary_routing(), cfg.seed, self.device)
         summary["provenance"] = provenance(self.world, self.device, self.precision, self.channels_last)
         summary["seconds"] = round(time.time() - self.t_start, 2)
@@ -1066,15 +1049,7 @@ class Trainer:
 
     def primary_routing(self) -> str:
         """The routing of the run's own samples (samples.png, the headline)."""
-        return getattr(self.vae, "routing", None) or "per-row"
-
-    def expost_model(self):
-        """X-VAE's ex-post reference (the recipe's `expost` reference sampler), None for models
-        without one."""
-        return self.recipe.reference_models().get("expost")
-
-
-_MODULE_WHAT = {"ae": "autoencoder", "vae": "VAE"}
+        return self.vae.default_routing
 
 
 def stage_needs_grad(recipe, stage: Stage) -> bool:
@@ -1140,55 +1115,3 @@ def train(cfg: TrainConfig, explicit: Optional[Set[str]] = None, verbose: bool =
     finally:
         if trainer is not None:
             trainer.close()
-
-
-def load_recipe(run_dir: str, device: str = "cpu"):
-    """(config, DataInfo, the model's recipe with every module restored, checkpoint) of a run folder."""
-    ck = ckpt.load_checkpoint(run_dir)
-    path = ckpt.checkpoint_path(run_dir)
-    cfg = TrainConfig.from_saved(ck["config"])
-    info = DataInfo.from_dict(ck["data_info"])
-    dev = pick_device(device)
-    recipe = build_recipe(cfg, info, get_ops(device=dev))
-    if not recipe.sampling_ready(ck["stage"]):
-        raise CheckpointError(f"run {run_dir!r} has not reached the stage it samples from "
-                              f"({recipe.sampling_stage()!r}) yet (it is at stage {ck['stage']!r}); "
-                              "resume it with --resume first")
-    recipe.load_state(ck, path)
-    for name, module in recipe.modules.items():
-        if module is not None:
-            ckpt.load_state(module, ck["models"].get(name), _MODULE_WHAT.get(name, name), path)
-    recipe.to(dev)
-    for m in recipe.modules.values():
-        if m is not None:
-            m.eval()
-    return cfg, info, recipe, ck
-
-
-def load_run(run_dir: str, device: str = "cpu"):
-    """(config, DataInfo, the generative model, checkpoint) from a run folder, for sampling."""
-    cfg, info, recipe, ck = load_recipe(run_dir, device)
-    return cfg, info, recipe.generative, ck
-
-
-def load_expost(run_dir: str, device: str = "cpu", routing: str = "per-row"):
-    """(config, DataInfo, ExPostModel, checkpoint): the ex-post reference of an X-VAE run, its stage-1
-    autoencoder decoding samples of the prior fitted on its latents (no stage 2)."""
-    from ..models import Autoencoder, ExPostModel, build_likelihood
-    ck = ckpt.load_checkpoint(run_dir)
-    path = ckpt.checkpoint_path(run_dir)
-    cfg = TrainConfig.from_saved(ck["config"])
-    info = DataInfo.from_dict(ck["data_info"])
-    if ck["models"].get("ae") is None or ck["prior"] is None:
-        raise CheckpointError(f"run {run_dir!r} has no fitted stage-1 prior (it is a {cfg.model} run at "
-                              f"stage {ck['stage']!r}); the ex-post reference needs an X-VAE run past "
-                              "its prior fit")
-    dev = pick_device(device)
-    ae = Autoencoder(info.kind, info.shape, cfg.latent, cfg.hidden or (128, 128),
-                     likelihood=build_likelihood(cfg.likelihood or "mse", info.kind, cfg.gamma_min or 0.0,
-                                                 cfg.image_output))
-    ckpt.load_state(ae, ck["models"]["ae"], "stage-1 autoencoder", path)
-    p = ck["prior"]
-    prior = MixturePrior(p["weights"], p["means"], p["stds"])
-    model = ExPostModel(ae, prior, routing, get_ops(device=dev)).to(dev).eval()
-    return cfg, info, model, ck

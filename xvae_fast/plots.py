@@ -1,5 +1,5 @@
-"""Figures a run writes: loss curves (like the paper's Figures 5-6), image grids and scatter plots.
-matplotlib runs with the Agg backend (no display needed)."""
+"""Figures of runs, evaluations and samples: loss curves (like the paper's Figures 5-6), image grids,
+scatter plots and the alpha-sweep plot. matplotlib runs with the Agg backend (no display needed)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
