@@ -47,7 +47,7 @@ def step_time(x, steps, threads):
 
 def em_time(z, threads, backend):
     from threadpoolctl import threadpool_limits
-    from xvae_fast.prior_fit import fit_mixture
+    from xvae_fast.models.prior_fit import fit_mixture
     torch.set_num_threads(threads)
     with threadpool_limits(threads):
         t0 = time.perf_counter()

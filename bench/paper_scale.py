@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         step_ms = lean_step_medians(x, 64, 128, device, args.step_repeats)
         if args.lean_bf16:
             lean["bf16"] = lean_epoch(x, 64, 128, device, True)
-        from xvae_fast.prior_fit import fit_mixture
+        from xvae_fast.models.prior_fit import fit_mixture
         z, ae_params = codes_of(run_dir, args.device)
         if ae_params != lean["fp32"][2]:
             raise SystemExit(f"the lean network has {lean['fp32'][2]} parameters, the library's "

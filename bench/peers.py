@@ -1,6 +1,6 @@
 """The bench peers: each op as the leanest plain-PyTorch formulation a user would write (the way a
 paper's code writes it), timed eager and under torch.compile against the fused op. Correctness
-lives in `xvae_fast.reference` (heavier: stable for every documented input, replayable noise);
+lives in `xvae_fast.ops.reference` (heavier: stable for every documented input, replayable noise);
 these are for speed only, with the same math at the benchmarked inputs (checked by
 `tests/test_bench_harness.py`). The floor of an op is its memory traffic at the measured copy
 bandwidth: a strict lower bound. Its transcendental count at torch.exp's measured rate is printed

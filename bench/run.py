@@ -1,6 +1,6 @@
 """Microbenchmarks of the fused ops against their peers: the leanest plain-PyTorch formulation a
 user would write (bench/peers.py), eager and under torch.compile. (The mixed routed-transport plans
-have no lean formulation; their peer is the vectorised `xvae_fast.reference`.)
+have no lean formulation; their peer is the vectorised `xvae_fast.ops.reference`.)
 
     python bench/run.py            # full grid (B 128..65536, K 3/64/256, float32 and bfloat16)
     python bench/run.py --quick    # a small grid, a few minutes on a 2-core CPU
@@ -384,7 +384,7 @@ def end_to_end(device: torch.device, repeats: int) -> List[dict]:
     """Time per stage-2 training step (forward, backward, Adam) of the X-VAE (plan `full`) with the
     fused ops vs the reference ops, on the same model, data and prior."""
     from xvae_fast.models.vae import VAE
-    from xvae_fast.plans import Plan
+    from xvae_fast.ops.plans import Plan
     rows = []
     for name, kind, shape, K, batch in E2E_SETUPS:
         times = {}

@@ -42,7 +42,7 @@ def _sync(device):
 def build(kind, shape, K, ops, device):
     from xvae_fast.models.likelihood import build_likelihood
     from xvae_fast.models.vae import VAE
-    from xvae_fast.plans import Plan
+    from xvae_fast.ops.plans import Plan
     torch.manual_seed(0)
     lik = build_likelihood("bernoulli" if kind == "image" and shape[0] == 1 else "gaussian", kind, 0.0)
     model = VAE(kind, shape, K, "mixture", Plan.preset("matched", K), ops=ops, kl="tight",

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import xvae_fast
-from xvae_fast import bandwidth as bw
+from xvae_fast.models import bandwidth as bw
 from xvae_fast.config import TrainConfig, resolve
 from xvae_fast.data import load_dataset
 from xvae_fast.models.avae import (AVAE, AVAERecipe, floor_log_epsilon, gaussian_fit_kl, parse_beta,
@@ -138,7 +138,7 @@ def test_bandwidth_cache_memory_disk_corrupt_and_unwritable(tmp_path, monkeypatc
 def _model(h=0.55, latent=3, floor=None):
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        m = AVAE("vector", (5,), latent, hidden=(16,), ops=xvae_fast.reference, kde_floor=floor)
+        m = AVAE("vector", (5,), latent, hidden=(16,), ops=xvae_fast.ops.reference, kde_floor=floor)
     m.set_bandwidth(bw.unscaled_bandwidth(h), h)
     return m
 

@@ -14,7 +14,7 @@ from xvae_fast.config import MODELS, TrainConfig, resolve
 from xvae_fast.models.protocol import ModelRecipe, register, unregister
 from xvae_fast.models.vae import VAE
 from xvae_fast.options import ModelOptions, option
-from xvae_fast.prior import MixturePrior
+from xvae_fast.ops.prior import MixturePrior
 from xvae_fast.train import main
 
 from train_utils import TINY_CLUSTERS, load_ck, train

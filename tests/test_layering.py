@@ -126,3 +126,39 @@ def test_importing_evaluation_loads_no_training_module(tmp_path):
                          cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+COMMANDS = {"xvae_fast.train", "xvae_fast.sample", "xvae_fast.evaluate", "xvae_fast.compare",
+            "xvae_fast.export"}
+
+
+def _reaches(m: str, forbidden) -> list:
+    return sorted(t for t in _with_parents(_imports(m)[0]) if forbidden(t))
+
+
+def test_the_op_api_imports_nothing_above_it():
+    """xvae_fast.ops (the fused ops, their references and argument types) stands on the compiled
+    extension and the error types alone."""
+    allowed = {"xvae_fast", "xvae_fast._C", "xvae_fast.errors"}
+    bad = {m: _reaches(m, lambda t: not t.startswith("xvae_fast.ops") and t not in allowed)
+           for m in _under("xvae_fast.ops")}
+    assert {m: t for m, t in bad.items() if t} == {}
+    assert _under("xvae_fast.ops") and "xvae_fast.ops.functional" in MODULES
+
+
+def test_models_and_data_import_no_layer_above_them():
+    """models/ and data/ never import the trainer, the evaluation, the experiments, the run-level
+    modules or the commands (nor the config, which sits above the models whose options it gathers)."""
+    above = ("xvae_fast.training", "xvae_fast.evaluation", "xvae_fast.experiments", "xvae_fast.config",
+             "xvae_fast.run_loading", "xvae_fast.trained")
+    bad = {m: _reaches(m, lambda t: any(t == a or t.startswith(a + ".") for a in above) or t in COMMANDS)
+           for m in _under("xvae_fast.models") + _under("xvae_fast.data")}
+    assert {m: t for m, t in bad.items() if t} == {}
+
+
+def test_no_library_layer_imports_a_command():
+    """The commands (python -m xvae_fast.train, sample, evaluate, compare, export) sit on top: only
+    the experiments' runners and other commands call them."""
+    library = [m for m in MODULES if m not in COMMANDS and not m.startswith("xvae_fast.experiments")]
+    bad = {m: _reaches(m, lambda t: t in COMMANDS) for m in library}
+    assert {m: t for m, t in bad.items() if t} == {}

@@ -21,7 +21,7 @@ from xvae_fast.evaluation.nll import (MSE_MESSAGE, NLLOptions, NLLUndefinedError
 from xvae_fast.models import AVAE, Autoencoder, GMVAE, HierarchicalVAE, MoGPriorVAE, VampPriorVAE
 from xvae_fast.models.likelihood import LearnedGaussian, SquaredError
 from xvae_fast.models.vae import VAE
-from xvae_fast.plans import CoordinatePlan, Plan
+from xvae_fast.ops.plans import CoordinatePlan, Plan
 
 from train_utils import TINY_DIGITS, one_thread, train
 

@@ -8,7 +8,7 @@ import torch
 
 import xvae_fast as xf
 from xvae_fast import reference as R
-from xvae_fast._validation import STD_RANGE
+from xvae_fast.ops._validation import STD_RANGE
 
 from conftest import make_prior
 

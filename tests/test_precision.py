@@ -13,7 +13,7 @@ from xvae_fast.errors import ConfigError
 from xvae_fast.models import get_ops
 from xvae_fast.models.likelihood import build_likelihood
 from xvae_fast.models.vae import VAE
-from xvae_fast.plans import Plan
+from xvae_fast.ops.plans import Plan
 from xvae_fast.train import main as train_main
 from xvae_fast.training.precision import native_bf16, resolve_channels_last, resolve_precision
 

@@ -6,7 +6,7 @@ from sklearn.mixture import GaussianMixture
 
 import xvae_fast as xf
 from xvae_fast.errors import ConfigError, DataError
-from xvae_fast.prior_fit import fit_mixture, fit_single, floor_weights
+from xvae_fast.models.prior_fit import fit_mixture, fit_single, floor_weights
 
 
 def blobs(n=600, seed=0):
@@ -85,7 +85,7 @@ def test_bad_latents_give_clear_errors():
         fit_single(np.zeros(10))
 
 
-# -- the torch EM (xvae_fast.em, the default backend) against scikit-learn --------------------------
+# -- the torch EM (xvae_fast.models.em, the default backend) against scikit-learn --------------------------
 
 def hard_set(n=2000, k=16, c=16, seed=0):
     """16 overlapping clusters in 16 dimensions (the k-means initialisation can merge two)."""
@@ -106,7 +106,7 @@ class _FixedInitGM(GaussianMixture):
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-estep", "matmul-estep"])
 @pytest.mark.parametrize("init", ["labels", "soft"])
 def test_torch_em_is_scikit_learns_em_from_the_same_initialisation(fused, init):
-    from xvae_fast import em
+    from xvae_fast.models import em
     if fused and not xf.extension_available():
         pytest.skip("compiled extension not built")
     x = hard_set(n=1200, k=6, c=8, seed=3)
@@ -165,7 +165,7 @@ def test_torch_kmeans_initialisation_fits_as_well_as_scikit_learns(data):
 
 @pytest.mark.parametrize("fused", [None, False])
 def test_duplicate_rows_give_a_finite_fit(fused):
-    from xvae_fast import em
+    from xvae_fast.models import em
     same = np.full((40, 3), 4.0)  # every row equal: one distinct point, 3 components
     points = np.array([[0.0, 1.0, 2.0], [5.0, 5.0, 5.0], [-3.0, 2.0, 9.0]])
     few = np.repeat(points, [10, 20, 10], axis=0)

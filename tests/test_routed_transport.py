@@ -109,7 +109,7 @@ def test_gradcheck_custom_plan_all_posterior():
     prior = make_prior(K)
     l, mu, lv = make_inputs(6, K, requires_grad=True)
     plan = Plan([CoordinatePlan("posterior", "row", "posterior", "direct")] * 2 +
-                [CoordinatePlan("prior", "none", "posterior", "direct"), xf.plans.PRIOR_TRANSPORT])
+                [CoordinatePlan("prior", "none", "posterior", "direct"), xf.ops.plans.PRIOR_TRANSPORT])
     pi_q = xf.responsibilities(l).detach()
     fn = lambda a, b: xf.routed_transport(a, b, prior, plan, pi_q, generator=_gen(1))
     assert torch.autograd.gradcheck(fn, (mu, lv))
@@ -190,7 +190,7 @@ def test_row_tie_shares_one_component_per_row():
     w = torch.full((K,), 1 / K, dtype=torch.float64)
     prior = _separated_prior(K, w)
     tied = CoordinatePlan("prior", "row", "prior", "direct")
-    plan = Plan([tied, xf.plans.PRIOR_DIRECT, tied, tied, xf.plans.PRIOR_DIRECT, tied])
+    plan = Plan([tied, xf.ops.plans.PRIOR_DIRECT, tied, tied, xf.ops.plans.PRIOR_DIRECT, tied])
     z = xf.routed_transport(torch.zeros(B, K, dtype=torch.float64), torch.zeros(B, K, dtype=torch.float64),
                             prior, plan, generator=_gen(4))
     c = torch.round(z / 100).long()
@@ -281,7 +281,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="pi_q must have shape"):
         xf.routed_transport(mu, lv, prior, "k1-pq-np", pi_q=torch.ones(3) / 3)
     with pytest.raises(ValueError, match="plan has 3 coordinates but the latent size K is 4"):
-        xf.routed_transport(mu, lv, prior, Plan([xf.plans.PRIOR_TRANSPORT] * 3))
+        xf.routed_transport(mu, lv, prior, Plan([xf.ops.plans.PRIOR_TRANSPORT] * 3))
     with pytest.raises(ValueError, match="mode 'transport' needs source 'prior'"):
         CoordinatePlan("prior", "none", "posterior", "transport")
     with pytest.raises(ValueError, match="CoordinatePlan.route must be one of"):

@@ -14,7 +14,7 @@ from xvae_fast.config import LEGACY_VALUES, METHOD_CHOICES, TrainConfig, resolve
 from xvae_fast.errors import CheckpointError, ConfigError
 from xvae_fast.models import Autoencoder, ExPostModel, VAE, build_likelihood, build_models, get_ops
 from xvae_fast.models.likelihood import Bernoulli, LearnedGaussian, SquaredError
-from xvae_fast.plans import Plan
+from xvae_fast.ops.plans import Plan
 from xvae_fast.training import load_reference, load_run
 
 from train_utils import TINY_CLUSTERS, TINY_DIGITS, cli, load_ck, one_thread, train

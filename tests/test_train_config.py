@@ -8,7 +8,7 @@ from xvae_fast.models import get_recipe
 
 from xvae_fast.config import TrainConfig, load_config_file, resolve, save_config
 from xvae_fast.errors import ConfigError
-from xvae_fast.plans import PRESETS
+from xvae_fast.ops.plans import PRESETS
 from xvae_fast.train import parse_config
 
 from train_utils import TINY_DIGITS, cli, load_ck, train

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import xvae_fast as xf
-from xvae_fast.plans import PRESETS
+from xvae_fast.ops.plans import PRESETS
 from xvae_fast.training import load_run
 
 from train_utils import TINY_CLUSTERS, TINY_DIGITS, load_ck, train

@@ -8,7 +8,7 @@ from torch import nn
 
 from xvae_fast.models.uae import (UAE_FORMS, UAE_VARIANTS, UnscentedAE, kl_standard_normal,
                                   wasserstein_code, wasserstein_paper)
-from xvae_fast.sigma_points import (SIGMA_HEURISTICS, select_sigma_indices, sigma_points,
+from xvae_fast.models.sigma_points import (SIGMA_HEURISTICS, select_sigma_indices, sigma_points,
                                     ut_weights)
 
 

@@ -1,16 +1,16 @@
 """xvae_fast: fused CPU/CUDA kernels and a two-stage trainer for X-VAE, the VAE whose prior is a
 Gaussian mixture fitted on a trained autoencoder's latents (see README.md and SPEC.md)."""
-from ._ext import cuda_kernels_available, extension_available
-from . import reference
-from .plans import PRESETS, CoordinatePlan, Plan
-from .prior import MixturePrior
-from .functional import (component_kl, draw_noise, gaussian_kl, kde_log_prob, mixture_bound, mixture_kl,
+from .ops._ext import cuda_kernels_available, extension_available
+from .ops import reference
+from .ops.plans import PRESETS, CoordinatePlan, Plan
+from .ops.prior import MixturePrior
+from .ops.functional import (component_kl, draw_noise, gaussian_kl, kde_log_prob, mixture_bound, mixture_kl,
                          mixture_log_prob, responsibilities, routed_transport,
                          routed_transport_with_state, sample_mixture_with_state, sample_prior)
-from .sigma_points import select_sigma_indices, sigma_points, ut_weights
+from .models.sigma_points import select_sigma_indices, sigma_points, ut_weights
 
 if extension_available():
-    from . import _registration  # noqa: F401  (fake kernels and autograd of the ops)
+    from .ops import _registration  # noqa: F401  (fake kernels and autograd of the ops)
 
 
 def load(path, device: str = "cpu"):

@@ -26,7 +26,7 @@ from .models.protocol import model_names
 from .models.likelihood import IMAGE_OUTPUTS, LIKELIHOODS
 from .models.xvae import DEFAULT_KL_WEIGHT, METHOD_CHOICES, PLAN_NAMES, PRIOR_FITS  # noqa: F401 (re-exported)
 from .options import ModelOptions, check_value, defaults as declared_defaults, flag_of, option, specs
-from .plans import Plan
+from .ops.plans import Plan
 
 # --model: the registered model recipes (models/protocol.py), X-VAE first
 MODELS = ("xvae",) + tuple(n for n in RECIPES if n != "xvae")
@@ -446,31 +446,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                           "data")
     cfg = _resolve_likelihood(cfg, spec.kind)
     return cfg.replace(model_options=_resolve_model_options(cfg, spec.kind))
-
-
-def check_training_rows(cfg: TrainConfig, n_train: int) -> None:
-    """X-VAE fits its prior on the stage-1 latents of the training split, after stage 1 trained: too
-    few rows for that fit are refused when a run starts (XVAERecipe.on_new_run), not after stage 1,
-    which would leave a run folder that can never finish."""
-    if cfg.model != "xvae" or not isinstance(cfg.latent, int):
-        return
-    plan = cfg.option("plan")
-    from .errors import DataError
-    from .prior_fit import MIN_ROWS_PER_COMPONENT
-    if plan == "single":
-        if n_train < 2:
-            raise DataError(f"the single-Gaussian prior (--plan single) is fitted on the training "
-                            f"split's stage-1 latents and needs at least 2 training rows; the data "
-                            f"has {n_train} (--test-fraction {cfg.test_fraction:g}); use more data")
-        return
-    need = MIN_ROWS_PER_COMPONENT * cfg.latent
-    if n_train < need:
-        raise DataError(f"--latent {cfg.latent} fits a mixture prior of {cfg.latent} components on the "
-                        f"training split's stage-1 latents, which needs at least {need} training rows "
-                        f"({MIN_ROWS_PER_COMPONENT} per component); the data has {n_train} (--test-fraction "
-                        f"{cfg.test_fraction:g}{f', --limit {cfg.limit}' if cfg.limit else ''}); use more "
-                        "data" + (f", --latent {n_train // MIN_ROWS_PER_COMPONENT} or less, or --plan "
-                                  "single" if n_train >= MIN_ROWS_PER_COMPONENT else ""))
 
 
 def _resolve_likelihood(cfg: TrainConfig, kind: str) -> TrainConfig:

@@ -290,7 +290,7 @@ def read(folder: str) -> Export:
         if not isinstance(m["prior"], dict):
             raise ExportError(f"{cpath!r}: 'prior' must be null or {{weights, means, stds}}")
         prior = {k: tensor_from_json(m["prior"].get(k), f"prior.{k}", cpath) for k in ("weights", "means", "stds")}
-        from .prior import MixturePrior
+        from .ops.prior import MixturePrior
         try:
             MixturePrior(prior["weights"], prior["means"], prior["stds"])
         except (TypeError, ValueError) as exc:

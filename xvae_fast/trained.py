@@ -156,7 +156,7 @@ class TrainedModel:
         (< 1 fidelity, > 1 diversity); `routing` (`per-row` or `per-coordinate`, X-VAE's mixture
         prior) defaults to the run's; `reference` draws from a reference sampler instead;
         `decoder_noise` adds the likelihood's noise (x ~ p(x | z) rather than its mean)."""
-        from .functional import ROUTINGS
+        from .ops.functional import ROUTINGS
         n = _positive_int(n, "n")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
             raise ConfigError(f"alpha must be a positive finite number, got {alpha!r}")

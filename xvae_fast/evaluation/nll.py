@@ -194,7 +194,7 @@ def _log_normal_std(z, mean, std):
 
 def _mixture_log_prob(z: torch.Tensor, log_weights, means, log_vars) -> torch.Tensor:
     """log sum_c w_c N(z; means[c], diag exp(log_vars[c])) in float64 through the fused op."""
-    from ..functional import mixture_log_prob
+    from ..ops.functional import mixture_log_prob
     z = z.double()
     return mixture_log_prob(z, log_weights.double().to(z.device), means.double().to(z.device),
                             log_vars.double().to(z.device))

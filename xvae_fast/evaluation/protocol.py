@@ -10,7 +10,7 @@ import math
 from typing import Any, Dict, Optional
 
 from ..errors import ConfigError
-from ..functional import ROUTINGS
+from ..ops.functional import ROUTINGS
 
 SPLITS = ("test", "train")
 

@@ -65,7 +65,7 @@ def _decode(model, z: torch.Tensor, batch: int = 512) -> torch.Tensor:
 
 @torch.no_grad()
 def measure(vae, ae, prior, cfg, fc, real_f, x_train, x_test, ops) -> Dict[str, Any]:
-    from ..prior_fit import fit_mixture
+    from ..models.prior_fit import fit_mixture
     g = torch.Generator().manual_seed(SEED)
     vae.eval()
     out: Dict[str, Any] = {}

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import ConfigError, XVAEError
 
-from ..functional import ROUTINGS
+from ..ops.functional import ROUTINGS
 DEFAULT_SEEDS = (42, 43, 44)
 KL_WEIGHTS = ("1", "0.5", "0.25", "0.1", "0.05")
 

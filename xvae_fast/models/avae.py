@@ -4,7 +4,7 @@ aggregate posteriors in the VAE", ICPR 2024; SPEC-related 2).
 Deterministic encoder z = E(x) (the library's body and ONE latent head: no variance head), decoder D
 with the run's likelihood (`mse`: the summed squared error, the paper's Gaussian; `bernoulli`), prior
 N(0, I). The aggregate posterior is the isotropic Gaussian KDE on m centres c_j = E(x'_j) of a KDE
-subset X_kde of the training set, with bandwidth h (xvae_fast.bandwidth):
+subset X_kde of the training set, with bandwidth h (xvae_fast.models.bandwidth):
 
     log q(z) = logsumexp_j(-||z - c_j||^2 / (2 h^2)) - log m - l log h - (l/2) log 2 pi   (ops.kde_log_prob)
 
@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..bandwidth import Bandwidth, bandwidth_for, given_bandwidth
+from .bandwidth import Bandwidth, bandwidth_for, given_bandwidth
 from ..data.base import SubsetData
 from .architectures import build_body, build_decoder
 from .generative import GenerativeModule

@@ -22,7 +22,7 @@ from typing import Dict, Iterable, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..functional import ROUTINGS
+from ..ops.functional import ROUTINGS
 from .architectures import build_body, build_decoder
 from .generative import GenerativeModule
 from .likelihood import Likelihood, SquaredError
@@ -137,7 +137,7 @@ def sample_diag_mixture(ops, weights: torch.Tensor, means: torch.Tensor, stds: t
                         alpha: float, generator=None) -> torch.Tensor:
     """n draws of the diagonal Gaussian mixture (one component per row, stds scaled by alpha), through
     the ops' `sample_prior` on a frozen snapshot of the mixture."""
-    from ..prior import MixturePrior
+    from ..ops.prior import MixturePrior
     prior = MixturePrior(weights.detach().float(), means.detach().float(), stds.detach().float())
     return ops.sample_prior(prior, n, alpha, "per-row", generator=generator)
 

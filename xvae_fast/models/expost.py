@@ -9,8 +9,8 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ..functional import ROUTINGS
-from ..prior import MixturePrior
+from ..ops.functional import ROUTINGS
+from ..ops.prior import MixturePrior
 from .ops import get_ops
 from .generative import GenerativeModule
 

@@ -1,6 +1,6 @@
 """Which implementation of the X-VAE ops the models call: the fused kernels when the compiled
 extension is loaded (and, for CUDA tensors, built with its CUDA kernels), otherwise the
-plain-PyTorch twins in xvae_fast.reference, with a warning."""
+plain-PyTorch twins in xvae_fast.ops.reference, with a warning."""
 from __future__ import annotations
 
 import types

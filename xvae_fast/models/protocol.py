@@ -109,9 +109,9 @@ class ModelRecipe:
     distributed_reason: ClassVar[str] = ""
 
     def __init__(self, cfg, info, ops=None):
-        if not isinstance(cfg.model_options, ModelOptions):    # a config not yet resolved
-            from ..config import resolve
-            cfg = resolve(cfg)
+        if not isinstance(cfg.model_options, self.Options):
+            raise TypeError(f"the {self.name} recipe needs a resolved config (config.resolve) whose "
+                            f"model_options are {self.Options.__name__}, got {type(cfg.model_options).__name__}")
         self.cfg, self.info, self.ops = cfg, info, ops
         self.opts = cfg.model_options     # the resolved Options of this model
         self.modules: Dict[str, Optional[nn.Module]] = self.build()
@@ -242,7 +242,7 @@ class ModelRecipe:
 
     def load_state(self, ck: Dict[str, Any], path: str) -> None:
         from ..errors import CheckpointError
-        from ..prior import MixturePrior
+        from ..ops.prior import MixturePrior
         p = ck.get("prior")
         if p is not None:
             try:

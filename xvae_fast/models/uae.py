@@ -56,7 +56,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from ..sigma_points import SIGMA_HEURISTICS, _check_kappa, _gather_points, select_sigma_indices
+from .sigma_points import SIGMA_HEURISTICS, _check_kappa, _gather_points, select_sigma_indices
 from .baseline import BaselineVAE, check_routing
 from .likelihood import Likelihood
 from ..errors import ConfigError

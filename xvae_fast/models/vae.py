@@ -26,10 +26,10 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from ..functional import ROUTINGS
+from ..ops.functional import ROUTINGS
 from ..options import ModelOptions, option
-from ..plans import Plan
-from ..prior import MixturePrior
+from ..ops.plans import Plan
+from ..ops.prior import MixturePrior
 from .architectures import build_body, build_decoder
 from .generative import GenerativeModule
 from .likelihood import Likelihood, SquaredError

@@ -19,10 +19,10 @@ from typing import Any, Dict, Optional, Union
 
 from ..config_io import load_config_file
 from ..errors import ConfigError
-from ..functional import ROUTINGS
+from ..ops.functional import ROUTINGS
 from ..options import option
-from ..plans import PRESETS, Plan
-from ..prior_fit import BACKENDS as EM_BACKENDS
+from ..ops.plans import PRESETS, Plan
+from .prior_fit import BACKENDS as EM_BACKENDS
 from .autoencoder import Autoencoder
 from .protocol import TERMS_VAE, ModelRecipe, Stage, StartAt, prior_dict, register
 from .vae import KL_OBJECTIVES, VAE, KLWeightOption
@@ -115,6 +115,28 @@ class XVAEOptions(KLWeightOption):
         return opts
 
 
+def check_training_rows(cfg, plan, n_train: int) -> None:
+    """X-VAE fits its prior on the stage-1 latents of the training split, after stage 1 trained: too
+    few rows for that fit are refused when a run starts (XVAERecipe.on_new_run), not after stage 1,
+    which would leave a run folder that can never finish."""
+    from ..errors import DataError
+    from .prior_fit import MIN_ROWS_PER_COMPONENT
+    if plan == "single":
+        if n_train < 2:
+            raise DataError(f"the single-Gaussian prior (--plan single) is fitted on the training "
+                            f"split's stage-1 latents and needs at least 2 training rows; the data "
+                            f"has {n_train} (--test-fraction {cfg.test_fraction:g}); use more data")
+        return
+    need = MIN_ROWS_PER_COMPONENT * cfg.latent
+    if n_train < need:
+        raise DataError(f"--latent {cfg.latent} fits a mixture prior of {cfg.latent} components on the "
+                        f"training split's stage-1 latents, which needs at least {need} training rows "
+                        f"({MIN_ROWS_PER_COMPONENT} per component); the data has {n_train} (--test-fraction "
+                        f"{cfg.test_fraction:g}{f', --limit {cfg.limit}' if cfg.limit else ''}); use more "
+                        "data" + (f", --latent {n_train // MIN_ROWS_PER_COMPONENT} or less, or --plan "
+                                  "single" if n_train >= MIN_ROWS_PER_COMPONENT else ""))
+
+
 def plan_name(plan) -> str:
     if isinstance(plan, dict):
         return str(plan.get("name", "custom"))
@@ -157,7 +179,7 @@ class XVAERecipe(ModelRecipe):
 
     # -- the prior fit ------------------------------------------------------------------------------
     def fit(self, stage, trainer) -> None:
-        from ..prior_fit import describe_fit, fit_mixture, fit_single
+        from .prior_fit import describe_fit, fit_mixture, fit_single
         cfg, o, ae, vae = self.cfg, self.opts, self.modules["ae"], self.modules["vae"]
         t0 = time.time()
         z = trainer.encode(ae.encode, "train")
@@ -190,9 +212,8 @@ class XVAERecipe(ModelRecipe):
 
     # -- reusing another run's stage 1 --------------------------------------------------------------
     def on_new_run(self, trainer) -> Optional[StartAt]:
-        from ..config import check_training_rows
         # the prior fit comes after stage 1: too few rows for it are refused before anything trains
-        check_training_rows(self.cfg, len(trainer.data.train))
+        check_training_rows(self.cfg, self.opts.plan, len(trainer.data.train))
         source = self.opts.stage1_from
         if not source:
             return None

@@ -125,7 +125,7 @@ def check_kde_args(z, centres, bandwidth, exclude_self: bool):
         if bandwidth.requires_grad and torch.is_grad_enabled():
             raise ValueError("bandwidth requires grad, but kde_log_prob does not differentiate the "
                              "bandwidth (nor the centres); pass bandwidth.detach(), or fit it with "
-                             "xvae_fast.reference.kde_log_prob's formula written out in PyTorch")
+                             "xvae_fast.ops.reference.kde_log_prob's formula written out in PyTorch")
     elif isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)):
         raise TypeError(f"bandwidth must be a positive number or a 0-dim tensor, got "
                         f"{type(bandwidth).__name__}")

@@ -49,7 +49,7 @@ from typing import List, Optional
 
 import torch
 
-from ._ext import cuda_kernels_available, extension_available
+from ..ops._ext import cuda_kernels_available, extension_available
 
 KMEANS_INITS = ("torch", "sklearn")
 

@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from .shard import rand_rows, randint_rows
+from ..shard import rand_rows, randint_rows
 
 SIGMA_HEURISTICS = ("random", "random-pairs", "top-pairs")
 UT_WEIGHTINGS = ("standard", "uniform")

@@ -16,13 +16,13 @@ def _load_compiled():
     the repository root) shadows the installed package and has no build of its own: then the build
     of an installed xvae_fast found further along sys.path is loaded instead."""
     try:
-        from . import _C  # noqa: F401
+        from .. import _C  # noqa: F401
         return None
     except ImportError as exc:
         error = exc
     if "xvae_fast._C" in sys.modules:  # explicitly blocked (sys.modules entry None)
         return error
-    here = pathlib.Path(__file__).resolve().parent
+    here = pathlib.Path(__file__).resolve().parent.parent      # the package folder, above ops/
     for entry in sys.path:
         folder = pathlib.Path(entry or ".").resolve() / "xvae_fast"
         if folder == here or not folder.is_dir():
@@ -40,7 +40,7 @@ _LOAD_ERROR = _load_compiled()
 if _LOAD_ERROR is not None:
     warnings.warn(
         "xvae_fast: the compiled extension xvae_fast._C could not be loaded "
-        f"({_LOAD_ERROR}). The fused ops are unavailable; xvae_fast.reference still works. Build it with "
+        f"({_LOAD_ERROR}). The fused ops are unavailable; xvae_fast.ops.reference still works. Build it with "
         "`pip install --no-build-isolation .` in the source tree (torch must be installed first).",
         RuntimeWarning, stacklevel=2)
 
@@ -62,4 +62,4 @@ def require_extension() -> None:
         raise RuntimeError(
             "xvae_fast's compiled extension is missing, so the fused ops cannot run "
             f"(import error: {_LOAD_ERROR}). Reinstall with `pip install --no-build-isolation .` "
-            "from the source tree, or use xvae_fast.reference.") from _LOAD_ERROR
+            "from the source tree, or use xvae_fast.ops.reference.") from _LOAD_ERROR

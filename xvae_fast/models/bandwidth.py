@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .atomic_file import atomic_open
+from ..atomic_file import atomic_open
 
 VERSION = 1                 # bump when the estimator changes: older cache entries are then ignored
 TARGETS = 1024              # Sobol targets per trial (a power of two keeps the Sobol set balanced)
@@ -187,7 +187,7 @@ def kl_estimate(targets: torch.Tensor, points: torch.Tensor, h: float, ops=None)
     """KL(N(0, I) || q_h) ~ mean_i [log N(t_i; 0, I) - log q_h(t_i)] through `ops.kde_log_prob`
     (default: the plain-PyTorch reference), in float64, in row chunks."""
     if ops is None:
-        from . import reference as ops
+        from ..ops import reference as ops
     t = targets.double()
     x = points.double()
     latent = x.shape[1]

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from . import em
-from .errors import ConfigError, DataError
-from .prior import MixturePrior
+from ..errors import ConfigError, DataError
+from ..ops.prior import MixturePrior
 
 BACKENDS = ("torch", "sklearn")
 # EM fits a C-component mixture on at least 2 rows per component (the trainer checks this before
-# stage 1: config.check_training_rows)
+# stage 1: models.xvae.check_training_rows)
 MIN_ROWS_PER_COMPONENT = 2
 
 

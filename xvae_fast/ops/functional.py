@@ -1,5 +1,5 @@
 """The public fused ops. Each validates its arguments (errors name the argument), then dispatches to
-the compiled kernel for the tensors' device. Plain-PyTorch twins live in xvae_fast.reference."""
+the compiled kernel for the tensors' device. Plain-PyTorch twins live in xvae_fast.ops.reference."""
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
