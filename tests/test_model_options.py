@@ -194,3 +194,14 @@ def test_docs_options_table_is_generated_from_the_declarations():
     with open(path, encoding="utf-8") as f:
         assert f.read() == options_markdown(), ("docs/options.md is stale: regenerate it with "
                                                 "python -m xvae_fast.train --options-markdown > docs/options.md")
+
+
+def test_compare_passes_each_row_the_extra_flags_its_model_uses(tmp_path):
+    from xvae_fast.compare import _argv, run_comparison
+    argv = _argv("digits", 1, "vae", None, None, True, ["--pseudo-inputs", "7"], str(tmp_path / "r"))
+    assert "--pseudo-inputs" not in argv and "--epochs-ae" not in argv and "--em-n-init" not in argv
+    argv = _argv("digits", 1, "vamp", None, None, True, ["--pseudo-inputs", "7"], str(tmp_path / "r"))
+    assert argv[argv.index("--pseudo-inputs") + 1] == "7"
+    with pytest.raises(ConfigError, match="--pseudo-inputs is used by none of the selected rows"):
+        run_comparison(models=["vae", "mog"], extra=["--pseudo-inputs", "7"], out=str(tmp_path / "c"))
+    assert not (tmp_path / "c").exists()

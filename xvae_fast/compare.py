@@ -41,6 +41,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .argv import CommandParser
 from .atomic_file import atomic_open
 from .errors import ConfigError, NonFiniteLossError, XVAEError
 from .evaluation.report import provenance_line
@@ -228,6 +229,7 @@ def run_comparison(data: str = "digits", seed: int = 42, out: Optional[str] = No
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{flag} must be a positive integer, got {value!r}: a comparison of "
                               "untrained models would report initialisations as results")
+    _check_extra_applies(data, keys, list(extra))
     out = out or os.path.join("runs", f"compare-{data.split(':')[0]}-seed{seed}")
     created = make_out_dir(out, "--out")
     try:
@@ -236,6 +238,25 @@ def run_comparison(data: str = "digits", seed: int = 42, out: Optional[str] = No
     except XVAEError:
         remove_created(created, only_if_empty=True)   # nothing was compared: no empty --out left
         raise
+
+
+def _check_extra_applies(data: str, keys: Sequence[str], extra: List[str]) -> None:
+    """Each row gets the extra trainer flags its model uses; a flag that no selected row uses is an
+    error, not silently dropped."""
+    from .train import applicable_flags
+    if not extra:
+        return
+    kept = set()
+    for key in keys:
+        model = ENTRIES[KEYS.index(key)][1]
+        if model == "expost":
+            continue
+        kept.update(a for a in applicable_flags(["--model", model, "--dataset", data, *extra])
+                    if a.startswith("--"))
+    unused = [a for a in extra if a.startswith("--") and a not in kept]
+    if unused:
+        raise ConfigError(f"{unused[0]} is used by none of the selected rows ({', '.join(keys)}): each row "
+                          "gets the trainer flags its model uses")
 
 
 def _compare_rows(data, seed, out, keys, epochs, epochs_ae, quick, extra, overwrite, verbose,
@@ -489,7 +510,7 @@ def _write_tables(rows: List[Dict[str, Any]], out: str, data: str, seed: int) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m xvae_fast.compare", description=__doc__,
+    p = CommandParser(prog="python -m xvae_fast.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="digits", metavar="SPEC", help="dataset, as --dataset of "
                    "xvae_fast.train: digits (default), clusters, mnist:DIR, celeba:DIR, ...")

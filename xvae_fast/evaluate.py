@@ -14,6 +14,7 @@ import dataclasses
 import sys
 from typing import List, Optional
 
+from .argv import CommandParser
 from .errors import ConfigError, XVAEError
 
 EPILOG = """\
@@ -41,7 +42,7 @@ standard error over the test examples) for models with an encoder density and a 
 def build_parser() -> argparse.ArgumentParser:
     from .evaluation.protocol import Protocol
     d = Protocol()
-    p = argparse.ArgumentParser(prog="python -m xvae_fast.evaluate", epilog=EPILOG,
+    p = CommandParser(prog="python -m xvae_fast.evaluate", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Evaluate a trained run: Rec, Fréchet distances (offline "
                                 "classifier features or Inception), precision / recall, Inception "

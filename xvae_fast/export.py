@@ -8,11 +8,12 @@ import argparse
 import sys
 from typing import List, Optional
 
+from .argv import CommandParser
 from .errors import XVAEError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m xvae_fast.export",
+    p = CommandParser(prog="python -m xvae_fast.export",
                                 description="Export a trained run as config.json + model.safetensors.")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by xvae_fast.train "
                    "(or an export, to copy it)")

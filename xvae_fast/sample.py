@@ -12,13 +12,14 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from .argv import CommandParser
 from .atomic_file import atomic_open, disk_full_error
 from .errors import ConfigError, XVAEError
 from .outpaths import check_out_file
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m xvae_fast.sample",
+    p = CommandParser(prog="python -m xvae_fast.sample",
                                 description="Decode samples from a trained run's prior.")
     p.add_argument("--run", required=True, metavar="DIR", help="run folder written by xvae_fast.train "
                    "(or an export written by xvae_fast.export)")

@@ -11,6 +11,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from .config import GROUPS, PER_DATASET, TrainConfig, load_config_file, model_option_owners
+from .argv import CommandParser
 from .errors import ConfigError, NonFiniteLossError, TrainingInterrupted, XVAEError
 from .models.protocol import model_names
 from .options import OptionSpec, flag_of, help_line, specs
@@ -40,12 +41,8 @@ samples_expost.png), alpha_sweep.png, samples.npy, prior_fit.json (X-VAE), summa
 TOY2D = ("8gaussians", "2spirals", "checkerboard", "rings")
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argparse error is one pointer to --help and then the error itself, the last line."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: see --help, or --model M --help for a model's options\n"
-                     f"{self.prog}: error: {message}\n")
+class _Parser(CommandParser):
+    hint = "see --help, or --model M --help for a model's options"
 
 
 def _floats(text: str) -> List[float]:
