@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .config_io import load_config_file  # noqa: F401  (re-exported: train.py and the tests read files)
@@ -356,6 +357,8 @@ def _plain_options(obj):
         return obj.to_dict()
     if isinstance(obj, tuple):
         return list(obj)
+    if isinstance(obj, os.PathLike):      # --out given as a pathlib.Path
+        return os.fspath(obj)
     raise TypeError(f"{type(obj).__name__} is not a config value")
 
 
@@ -431,6 +434,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                 "threads"):
         if getattr(cfg, key) is None and key in defaults:
             changes[key] = defaults[key]
+    for key in ("out", "resume", "config", "npz_key"):     # paths given as pathlib.Path
+        if isinstance(getattr(cfg, key), os.PathLike):
+            changes[key] = os.fspath(getattr(cfg, key))
     cfg = cfg.replace(**changes)
     for name, sp in specs(TrainConfig).items():
         value = getattr(cfg, name)
