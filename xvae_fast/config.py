@@ -15,6 +15,7 @@ migrated when read (`migrate_flat`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -26,7 +27,7 @@ from .models import RECIPES, get_recipe
 from .models.protocol import model_names
 from .models.likelihood import IMAGE_OUTPUTS, LIKELIHOODS
 from .models.xvae import DEFAULT_KL_WEIGHT, METHOD_CHOICES, PLAN_NAMES, PRIOR_FITS  # noqa: F401 (re-exported)
-from .options import ModelOptions, check_value, defaults as declared_defaults, flag_of, option, specs
+from .options import ModelOptions, check_all, defaults as declared_defaults, flag_of, option, specs
 from .ops.plans import Plan
 
 # --model: the registered model recipes (models/protocol.py), X-VAE first
@@ -84,10 +85,15 @@ def _renamed(d: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def model_option_owners() -> Dict[str, Tuple[str, ...]]:
-    """Every declared model option's name -> the models that declare it."""
+    """Every declared model option's name -> the models that declare it (of the registered models)."""
+    return _owners(tuple((name, get_recipe(name)) for name in model_names()))
+
+
+@functools.lru_cache(maxsize=8)
+def _owners(recipes: Tuple[Tuple[str, Any], ...]) -> Dict[str, Tuple[str, ...]]:
     owners: Dict[str, List[str]] = {}
-    for name in model_names():
-        for key in get_recipe(name).Options.names():
+    for name, recipe in recipes:
+        for key in recipe.Options.names():
             owners.setdefault(key, []).append(name)
     return {k: tuple(v) for k, v in owners.items()}
 
@@ -287,11 +293,6 @@ class TrainConfig:
         return cls(**clean)
 
     @classmethod
-    def from_file_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
-        """A --config file: as from_dict, after migrating the flat form older config.yaml files wrote."""
-        return cls.from_dict(migrate_flat(d, strict=True) if isinstance(d, dict) else d)
-
-    @classmethod
     def from_saved(cls, d: Dict[str, Any]) -> "TrainConfig":
         """The config stored in a checkpoint or config.yaml; keys that older versions did not save get
         the values those versions used (LEGACY_VALUES), and the flat form is migrated."""
@@ -352,6 +353,14 @@ class TrainConfig:
         return self.model in BASELINES
 
 
+def differing_options(a: TrainConfig, b: TrainConfig, ignore=()) -> List[Tuple[str, Any, Any]]:
+    """(name, a's value, b's value) of every option, shared or the model's, whose values differ (as
+    config.yaml holds them), in a's order, then b's own; `ignore` names options left out."""
+    fa, fb = a.flat(), b.flat()
+    return [(k, fa.get(k), fb.get(k)) for k in dict.fromkeys([*fa, *fb])
+            if k not in ignore and fa.get(k) != fb.get(k)]
+
+
 def _plain_options(obj):
     if isinstance(obj, ModelOptions):
         return obj.to_dict()
@@ -402,6 +411,20 @@ def migrate_flat(d: Dict[str, Any], strict: bool) -> Dict[str, Any]:
     return out
 
 
+def file_options(d: Any, source: str) -> Dict[str, Any]:
+    """The options of a --config file by name, the model's lifted from `model_options`, after
+    migrating the flat form that older config.yaml files wrote."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{source}: a config must be a mapping of option names to values, got "
+                          f"{type(d).__name__}")
+    d = dict(migrate_flat(_renamed(d), strict=True))
+    nested = d.pop("model_options", None) or {}
+    if not isinstance(nested, dict):
+        raise ConfigError(f"{source}: model_options must be a mapping of the model's options, got "
+                          f"{type(nested).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in {**nested, **d}.items()}
+
+
 def _old_default(name: str) -> Any:
     """An option's default as the flat config wrote it (its first declaring model's default)."""
     for model in model_option_owners()[name]:
@@ -438,11 +461,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         if isinstance(getattr(cfg, key), os.PathLike):
             changes[key] = os.fspath(getattr(cfg, key))
     cfg = cfg.replace(**changes)
-    for name, sp in specs(TrainConfig).items():
-        value = getattr(cfg, name)
-        if value is None and (sp.optional or name in ("likelihood",)):
-            continue
-        check_value(name, sp, value)
+    check_all(cfg)
     if not cfg.alphas or not all(0 < a < float("inf") for a in cfg.alphas):
         raise ConfigError(f"--alphas must be a non-empty list of positive finite numbers, got {cfg.alphas!r}")
     if cfg.hidden is not None and not (cfg.hidden and all(h > 0 for h in cfg.hidden)):
@@ -570,9 +589,9 @@ def applicable_argv(model: str, dataset: str, argv: List[str], takes_value) -> L
         n = 1 + (1 if "=" not in tok and takes_value(flag) else 0)
         name = flag_names.get(flag)
         drop = False
-        if name in owners and model not in owners[name]:
-            drop = True
-        elif name in ("epochs_ae", "download", "npz_key", "image_size", "channels", "standardize"):
+        if name in owners:
+            drop = model not in owners[name]
+        elif name is not None:
             if cfg is None:
                 cfg = TrainConfig(model=model, dataset=dataset)
             drop = inapplicable_options(cfg, {name}) is not None

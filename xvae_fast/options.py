@@ -127,6 +127,16 @@ def check_value(name: str, spec: OptionSpec, v: Any) -> None:
                               f"got {v!r}")
 
 
+def check_all(obj) -> None:
+    """Check every declared option of `obj` (check_value); a None that the declaration allows, or
+    whose default is computed later (default_text), is left alone."""
+    for name, spec in specs(obj).items():
+        value = getattr(obj, name)
+        if value is None and (spec.optional or spec.default_text is not None):
+            continue
+        check_value(name, spec, value)
+
+
 def default_help(name: str, spec: OptionSpec, default: Any) -> str:
     """The default as the help shows it."""
     if spec.default_text is not None:
@@ -180,13 +190,9 @@ class ModelOptions:
                 if d is not None:
                     fill[name] = list(d) if isinstance(d, list) else d
         opts = self.replace(**fill) if fill else self
-        for name, spec in specs(opts).items():
-            if not (getattr(opts, name) is None and spec.default_text is not None):
-                check_value(name, spec, getattr(opts, name))
+        check_all(opts)
         opts = opts.finish(cfg, kind)
-        for name, spec in specs(opts).items():       # what finish() computed is checked too
-            if getattr(opts, name) is not None:
-                check_value(name, spec, getattr(opts, name))
+        check_all(opts)             # what finish() computed is checked too
         return opts
 
     def finish(self, cfg, kind: str) -> "ModelOptions":

@@ -8,7 +8,7 @@ import functools
 import os
 import shlex
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .config import GROUPS, PER_DATASET, TrainConfig, load_config_file, model_option_owners
 from .argv import CommandParser
@@ -260,18 +260,8 @@ def parse_command(argv: Optional[List[str]] = None):
     args = vars(build_parser().parse_args(attach_number_lists(args, ["--alphas", "--introprior-milestones"])))
     given: Dict[str, Any] = {}
     if "config" in args:
-        loaded = load_config_file(args["config"])
-        if isinstance(loaded, dict):
-            from .config import migrate_flat
-            loaded = migrate_flat(_renamed_keys(loaded), strict=True)
-            nested = loaded.pop("model_options", None) or {}
-            if not isinstance(nested, dict):
-                raise ConfigError(f"--config {args['config']}: model_options must be a mapping")
-            loaded = {**nested, **loaded}
-        else:
-            raise ConfigError(f"--config {args['config']}: a config must be a mapping of option names "
-                              f"to values, got {type(loaded).__name__}")
-        given.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+        from .config import file_options
+        given.update(file_options(load_config_file(args["config"]), f"--config {args['config']}"))
     if "amp_alias" in args:     # --amp none|bf16: the old name of --precision fp32|bf16
         amp = {"none": "fp32", "bf16": "bf16"}[args.pop("amp_alias")]
         if args.get("precision", amp) != amp:
@@ -305,16 +295,15 @@ def applicable_flags(argv: List[str]) -> List[str]:
     return applicable_argv(last("--model", "xvae"), last("--dataset", "digits"), argv, takes_value)
 
 
-@functools.lru_cache(maxsize=None)
 def takes_value(flag: str) -> Optional[bool]:
     """Whether a trainer flag reads a value (None: not a trainer flag); for tools that filter argv."""
-    action = build_parser()._option_string_actions.get(flag)
-    return None if action is None else action.nargs != 0
+    return _flag_arity(model_names()).get(flag)
 
 
-def _renamed_keys(d: Dict[str, Any]) -> Dict[str, Any]:
-    from .config import _renamed
-    return _renamed(d)
+@functools.lru_cache(maxsize=8)
+def _flag_arity(models: Tuple[str, ...]) -> Dict[str, bool]:
+    """Every trainer flag -> whether it reads a value, for the registered `models` (one parser built)."""
+    return {flag: action.nargs != 0 for flag, action in build_parser()._option_string_actions.items()}
 
 
 def _rank() -> int:

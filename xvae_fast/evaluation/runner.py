@@ -21,7 +21,7 @@ from ..run_loading import load_reference, load_run, read_summary
 from . import units
 from .frechet import gaussian_stats, load_stats, save_stats
 from .protocol import Protocol
-from .sampling import generate_chunks, uses_routing
+from .sampling import generate_chunks
 from .units import SAMPLE_SEED_OFFSET
 
 DEFAULT_SWEEP = (0.5, 0.75, 1.0, 1.25, 1.5)
@@ -430,7 +430,7 @@ def _report(run: str, out: str, cfg, ev: units.Evaluation, threads, sweep, grids
         **({"reference": ev.model.reference_name} if opts.model != "vae" else {}),
         "dataset": ev.info.name, "data_kind": ev.info.kind, "shape": list(ev.info.shape),
         "device": str(ev.device), "threads": threads, "metrics_requested": list(ev.metrics),
-        "sample_alpha": ev.headline, "routing_applies": uses_routing(ev.model),
+        "sample_alpha": ev.headline, "routing_applies": bool(ev.model.routings),
         "protocol": ev.protocol(n_real_used=ev.m, paper_default=proto.is_paper_default),
         "feature_nets": {sp.key: sp.info for sp in ev.spaces}, "metrics": ev.results,
         "sweep": _sweep_report(ev, sweep),

@@ -6,16 +6,6 @@ from __future__ import annotations
 import torch
 
 
-def _generate(vae, n: int, alpha: float, routing: str, generator) -> torch.Tensor:
-    """vae.generate (a GenerativeModule: models without routings ignore `routing`)."""
-    return vae.generate(n, alpha, routing, generator=generator)
-
-
-def uses_routing(vae) -> bool:
-    """Whether the model's samples depend on the routing (models/generative.py: `routings`)."""
-    return bool(vae.routings)
-
-
 def generate_chunks(vae, n: int, alpha: float, routing: str, seed: int, batch: int, device,
                     decoder_noise: bool = False, chunk: int = 0):
     """n samples (model space, CPU float32) as an iterator of chunks of at least `chunk` rows (the
@@ -27,7 +17,7 @@ def generate_chunks(vae, n: int, alpha: float, routing: str, seed: int, batch: i
     parts, rows = [], 0
     for s in range(0, n, batch):
         with torch.no_grad():
-            x = _generate(vae, min(batch, n - s), alpha, routing, g)
+            x = vae.generate(min(batch, n - s), alpha, routing, generator=g)   # no routings: ignored
             if decoder_noise:
                 x = decoder_likelihood(vae).draw(x, generator=g)
         parts.append(x.float().cpu())

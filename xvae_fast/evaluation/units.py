@@ -1,6 +1,6 @@
 """The metrics of an evaluation, one unit each. A unit declares what it applies to (the --metrics names
-that ask for it, the DataInfo.extra entry of the benchmark it needs, the methods the evaluated model
-must offer) and computes its entries of the report. evaluate_run (runner.py) chooses the units that
+that ask for it, the DataInfo.extra entry of the benchmark it needs, the capabilities the evaluated
+model must declare) and computes its entries of the report. evaluate_run (runner.py) chooses the units that
 apply and runs them; the trainer's outputs (training/outputs.py) measure the clusters and the 2-D
 benchmark of summary.json with ClusterModes and Histogram2D, so no metric is computed in two places.
 

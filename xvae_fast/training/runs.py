@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any, Dict, Optional, Set, Tuple
 
-from ..config import RUNTIME_KEYS, TrainConfig, resolve
+from ..config import RUNTIME_KEYS, TrainConfig, differing_options, resolve
 from ..errors import ConfigError
 from . import checkpoint as ckpt
 
@@ -20,10 +20,8 @@ def run_status(run_dir: str, intended: TrainConfig) -> str:
         return "new"
     ck = ckpt.load_checkpoint(run_dir)
     saved = TrainConfig.from_saved(ck["config"])
-    sav, want = saved.flat(), intended.flat()
-    diffs = [f"{k} (run: {sav.get(k)!r}, asked for: {want.get(k)!r})"
-             for k in sorted(set(sav) | set(want), key=list({**sav, **want}).index)
-             if k not in IGNORED_ON_REUSE and sav.get(k) != want.get(k)]
+    diffs = [f"{k} (run: {r!r}, asked for: {w!r})"
+             for k, r, w in differing_options(saved, intended, IGNORED_ON_REUSE)]
     if diffs:
         raise ConfigError(f"{run_dir!r} holds a run trained with other options: {'; '.join(diffs)}. "
                           "Pass --overwrite to retrain, or choose another --out")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..config import RUNTIME_KEYS, TrainConfig, resolve, save_config
+from ..config import RUNTIME_KEYS, TrainConfig, differing_options, resolve, save_config
 from ..data import DataBundle, DataInfo, describe, load_dataset, parse_dataset_spec
 from ..atomic_file import disk_full_error, remove_stale_temp_files
 from ..config_io import load_config_file
@@ -121,15 +121,6 @@ def _check_has_checkpoint(run: str) -> None:
                           "the same command also continues the run after a later interruption")
 
 
-def _plain(v: Any) -> Any:
-    """A config value as YAML gives it back (tuples are lists)."""
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
-
-
 def _check_folder_config(run_dir: str, saved: TrainConfig, path: str) -> Optional[str]:
     """Check a checkpoint against the folder's config.yaml before resuming. A missing or unreadable
     config.yaml (not YAML, not a valid config) is repaired from the checkpoint: returns why, for the
@@ -143,11 +134,8 @@ def _check_folder_config(run_dir: str, saved: TrainConfig, path: str) -> Optiona
         resolve(recorded)
     except (XVAEError, OSError, ValueError, TypeError) as exc:     # UnicodeDecodeError is a ValueError
         return f"config.yaml was unreadable ({shorten(str(exc), 160)})"
-    rec, sav = recorded.flat(), saved.flat()
-    diffs = [f"{k} (config.yaml: {rec.get(k)!r}, checkpoint: {sav.get(k)!r})"
-             for k in sorted(set(rec) | set(sav), key=list({**sav, **rec}).index)
-             if k not in RUNTIME_KEYS and k not in RESUME_CHANGEABLE
-             and _plain(rec.get(k)) != _plain(sav.get(k))]
+    diffs = [f"{k} (config.yaml: {r!r}, checkpoint: {c!r})"
+             for k, c, r in differing_options(saved, recorded, (*RUNTIME_KEYS, *RESUME_CHANGEABLE))]
     if diffs:
         raise CheckpointError(
             f"checkpoint {path!r} does not belong to the run in {run_dir!r}: it was trained with other "
@@ -426,11 +414,8 @@ class Trainer:
             candidate = resolve(saved.replace(**structural, **changeable))
         except ConfigError as exc:
             raise CheckpointError(f"cannot resume {run!r} with these options: {exc}") from exc
-        sav, cand = saved.flat(), candidate.flat()
-        diffs = [f"{k} (checkpoint: {sav.get(k)!r}, given: {cand.get(k)!r})"
-                 for k in sorted(set(sav) | set(cand), key=list({**sav, **cand}).index)
-                 if k not in RUNTIME_KEYS and k not in RESUME_CHANGEABLE
-                 and sav.get(k) != cand.get(k)]
+        diffs = [f"{k} (checkpoint: {c!r}, given: {g!r})"
+                 for k, c, g in differing_options(saved, candidate, (*RUNTIME_KEYS, *RESUME_CHANGEABLE))]
         if diffs:
             raise CheckpointError(f"cannot resume {run!r}: the options differ from the run's saved "
                                   f"config in {'; '.join(diffs)}. Start a new run with --out instead, "
