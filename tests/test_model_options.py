@@ -205,3 +205,19 @@ def test_compare_passes_each_row_the_extra_flags_its_model_uses(tmp_path):
     with pytest.raises(ConfigError, match="--pseudo-inputs is used by none of the selected rows"):
         run_comparison(models=["vae", "mog"], extra=["--pseudo-inputs", "7"], out=str(tmp_path / "c"))
     assert not (tmp_path / "c").exists()
+
+
+def test_print_config_refuses_a_bad_value_with_exit_2(capsys):
+    assert main(["--model", "vamp", "--pseudo-inputs", "0", "--print-config"]) == 2
+    assert "--pseudo-inputs must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_evaluate_references_are_the_models_declared_ones(tmp_path, capsys):
+    from xvae_fast.evaluate import main as evaluate_main
+    run = str(tmp_path / "vae")
+    assert train(*TINY_CLUSTERS, "--model", "vae", "--no-outputs", "--out", run) == 0
+    args = ["--run", run, "--n-fake", "200", "--metrics", "rec", "--quiet", "--out", str(tmp_path / "ev")]
+    assert evaluate_main(args + ["--references"]) == 2
+    assert "--references: --model vae has no reference samplers" in capsys.readouterr().err
+    assert evaluate_main(args) == 0          # by default: those the run provides (none)
+    assert not (tmp_path / "ev" / "eval_expost.json").exists()
